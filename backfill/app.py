@@ -1,0 +1,141 @@
+"""The library's front door: one object per database and set of definitions, with one method
+per thing an operator does. The CLI, the Celery tasks and the Alembic operations call these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import URL, Engine
+from sqlalchemy.exc import DBAPIError
+
+from backfill.database import display_url, make_engine
+from backfill.definition import Backfill
+from backfill.dialects import error_text
+from backfill.errors import DatabaseUnavailableError, RunStateError
+from backfill.executor import Outcome
+from backfill.inline import InlineRunner
+from backfill.progress import RunProgress, measure
+from backfill.registry import Registry, load
+from backfill.scheduler import Scheduler
+from backfill.status import RunStatus
+from backfill.store import Run, Store
+from backfill.target import Targets
+
+
+class App:
+    def __init__(self, engine: Engine, definitions: Mapping[str, Backfill]) -> None:
+        self.engine = engine
+        self.definitions = definitions if isinstance(definitions, Registry) else Registry(definitions)
+        self.store = Store(engine)
+        self.targets = Targets(engine, self.definitions)
+
+    @classmethod
+    def from_settings(cls, *, app: str | None, database_url: str | URL | None) -> App:
+        """Build from ``--app``/``BACKFILL_APP`` and ``--database-url``/``BACKFILL_DATABASE_URL``,
+        checking that the database answers before anything else happens."""
+        definitions = load(app)
+        engine = make_engine(database_url)
+        try:
+            with engine.connect():
+                pass
+        except DBAPIError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot connect to {display_url(engine.url)}: {error_text(exc, 300).splitlines()[0]}"
+            ) from None
+        return cls(engine, definitions)
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def init_db(self) -> None:
+        self.store.create_tables()
+
+    # -- starting and running -----------------------------------------------------------------
+
+    def start(self, name: str, **overrides: Any) -> Run:
+        """Record a run and fix its end; workers (or ``run``) do the batches."""
+        definition = self.definitions[name]
+        tuning = definition.tuning.replace(overrides)
+        self.store.check_tables()
+        self.targets.get(name)
+        run = self.store.create_run(definition, tuning)
+        return Scheduler(self.store, self.targets).activate(run)
+
+    def run(
+        self,
+        name: str,
+        *,
+        threads: int | None = None,
+        on_progress: Callable[[Run], None] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        **overrides: Any,
+    ) -> Run:
+        """Run a backfill to its end in this process, continuing its active run if it has one."""
+        self.definitions[name]
+        self.store.check_tables()
+        run = self.store.active_run(name)
+        if run is None:
+            run = self.start(name, **overrides)
+        elif run.status is RunStatus.PAUSED:
+            raise RunStateError(f"backfill '{name}' is paused: `backfill resume {name}` first")
+        else:
+            self.targets.get(name)
+        runner = InlineRunner(self.store, self.targets, threads=threads, on_progress=on_progress, on_outcome=on_outcome)
+        return runner.run(run)
+
+    # -- operating ----------------------------------------------------------------------------
+
+    def pause(self, name: str) -> Run:
+        run = self._active(name)
+        return self._move(run, RunStatus.PAUSED, [RunStatus.PENDING, RunStatus.RUNNING], "pause")
+
+    def resume(self, name: str) -> Run:
+        run = self._active(name)
+        to = RunStatus.RUNNING if run.started_at is not None else RunStatus.PENDING
+        return self._move(run, to, [RunStatus.PAUSED], "resume")
+
+    def cancel(self, name: str) -> Run:
+        run = self._active(name)
+        return self._move(run, RunStatus.CANCELLED, [RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED], "cancel")
+
+    def retry(self, name: str) -> tuple[Run, int]:
+        """Re-queue the failed batches of the latest run; a failed run becomes running again."""
+        self._check_name(name)
+        run = self.store.latest_run(name)
+        if run is None:
+            raise RunStateError(f"backfill '{name}' has never run: `backfill start {name}`")
+        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED) or not run.batches_failed:
+            raise RunStateError(f"backfill '{name}' has no failed batches to retry (run {run.id} is {run.status})")
+        return self.store.reopen_failed(run)
+
+    def progress(self, name: str | None = None) -> list[RunProgress]:
+        if name is not None:
+            self._check_name(name)
+        self.store.check_tables()
+        return [measure(self.store, run) for run in self.store.list_runs(name)]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.definitions.definitions and self.store.latest_run(name) is None:
+            self.definitions[name]
+
+    def _active(self, name: str) -> Run:
+        self._check_name(name)
+        self.store.check_tables()
+        run = self.store.active_run(name)
+        if run is None:
+            latest = self.store.latest_run(name)
+            state = f"its latest run ({latest.id}) is {latest.status}" if latest else "it has never run"
+            raise RunStateError(f"backfill '{name}' has no active run: {state}")
+        return run
+
+    def _move(self, run: Run, to: RunStatus, allowed: list[RunStatus], verb: str) -> Run:
+        moved = self.store.transition(run.id, to, allowed_from=allowed)
+        if moved is None:
+            current = self.store.get_run(run.id)
+            raise RunStateError(f"cannot {verb} backfill '{run.name}': its run {run.id} is {current.status}")
+        return moved
+
+
+__all__ = ["App"]

@@ -1,0 +1,215 @@
+"""The ``backfill`` command: parse, call one ``App`` method, print.
+
+Exit codes: 0 success, 1 a run failed or was cancelled (or the database is unreachable), 2 a
+usage error. A user's mistake is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from backfill.app import App
+from backfill.database import DATABASE_URL_ENV
+from backfill.display import ProgressBar
+from backfill.errors import BackfillError, RunFailedError
+from backfill.progress import RunProgress, measure
+from backfill.registry import APP_ENV, load
+from backfill.status import RunStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+
+
+def fail_cleanly(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except BackfillError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app", "app_module", envvar=APP_ENV, metavar="MODULE", help=f"Module with the definitions [env {APP_ENV}]."
+)
+@click.option(
+    "--database-url", envvar=DATABASE_URL_ENV, metavar="URL", help=f"Application database [env {DATABASE_URL_ENV}]."
+)
+@click.pass_context
+def main(ctx: click.Context, app_module: str | None, database_url: str | None) -> None:
+    """Resumable, batched data migrations for large tables."""
+    ctx.obj = {"app": app_module, "database_url": database_url}
+
+
+def _app(ctx: click.Context) -> App:
+    return App.from_settings(app=ctx.obj["app"], database_url=ctx.obj["database_url"])
+
+
+def tuning_options(command: F) -> F:
+    for option in reversed(
+        [
+            click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch."),
+            click.option("--parallelism", type=click.IntRange(min=1), help="Batches in flight at once."),
+            click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per batch before it fails."),
+            click.option(
+                "--statement-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per batch statement."
+            ),
+            click.option(
+                "--lock-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds a batch waits for a lock."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command("list")
+@click.pass_context
+@fail_cleanly
+def list_command(ctx: click.Context) -> None:
+    """List the backfills the app defines."""
+    registry = load(ctx.obj["app"])
+    table = Table("name", "table", "key", "batch size", "parallelism", "description", box=None)
+    for name in registry:
+        d = registry[name]
+        where = f"{d.schema}.{d.table}" if d.schema else d.table
+        table.add_row(name, where, ", ".join(d.key), str(d.tuning.batch_size), str(d.tuning.parallelism), d.description)
+    console.print(table)
+
+
+@main.command("init-db")
+@click.pass_context
+@fail_cleanly
+def init_db(ctx: click.Context) -> None:
+    """Create the checkpoint tables (backfill_runs, backfill_batches)."""
+    _app(ctx).init_db()
+    click.echo("checkpoint tables ready")
+
+
+@main.command()
+@click.argument("name")
+@tuning_options
+@click.pass_context
+@fail_cleanly
+def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
+    """Start a run for workers to execute."""
+    run = _app(ctx).start(name, **overrides)
+    click.echo(
+        f"started {name}: run {run.id}, {run.rows_total} rows{' (estimate)' if run.rows_total_estimated else ''}"
+    )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads running batches (default: parallelism).")
+@click.option("--progress/--no-progress", default=True, help="Show a live progress bar.")
+@tuning_options
+@click.pass_context
+@fail_cleanly
+def run(ctx: click.Context, /, name: str, threads: int | None, progress: bool, **overrides: Any) -> None:
+    """Run a backfill to completion in this process (continues its active run)."""
+    app = _app(ctx)
+    with ProgressBar(name, enabled=progress) as bar:
+        try:
+            final = app.run(name, threads=threads, on_progress=bar.update, **overrides)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)
+            sys.exit(130)
+    report_end(measure(app.store, final))
+
+
+def report_end(progress: RunProgress) -> None:
+    run = progress.run
+    summary = (
+        f"{run.name}: run {run.id} {run.status}: {run.rows_done} rows in {run.batches_done} batches, "
+        f"{progress.elapsed_seconds or 0:.1f}s, {progress.rate:,.0f} rows/s"
+    )
+    if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+        raise RunFailedError(
+            f"{summary}; {run.batches_failed} failed batch(es); last error: {run.last_error}; "
+            f"fix it, then `backfill retry {run.name}`"
+            if run.status is RunStatus.FAILED
+            else summary
+        )
+    click.echo(summary)
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+@fail_cleanly
+def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Show runs: progress, rate, ETA, errors."""
+    runs = _app(ctx).progress(name)
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in runs], indent=2))
+        return
+    if not runs:
+        click.echo("no runs yet")
+        return
+    table = Table(
+        "name", "run", "status", "progress", "rows", "batches ok/failed/open", "rate", "ETA", "last error", box=None
+    )
+    for p in runs:
+        data = p.to_json()
+        percent = "?" if data["percent"] is None else f"{data['percent']:.1f}%"
+        total = (
+            "?"
+            if data["rows_total"] is None
+            else f"{'~' if data['rows_total_is_estimate'] else ''}{data['rows_total']:,}"
+        )
+        eta = "-" if data["eta_seconds"] is None else f"{data['eta_seconds']:.0f}s"
+        table.add_row(
+            p.run.name,
+            str(p.run.id),
+            p.run.status.value,
+            percent,
+            f"{p.run.rows_done:,} / {total}",
+            f"{p.run.batches_done} / {p.run.batches_failed} / {p.batches_pending + p.batches_running}",
+            f"{p.rate:,.0f}/s",
+            eta,
+            (p.run.last_error or "")[:60],
+        )
+    console.print(table)
+
+
+def _operator(verb: str, help_text: str) -> None:
+    @main.command(verb, help=help_text)
+    @click.argument("name")
+    @click.pass_context
+    @fail_cleanly
+    def command(ctx: click.Context, name: str) -> None:
+        run = getattr(_app(ctx), verb)(name)
+        click.echo(f"{name}: run {run.id} is {run.status}")
+
+
+_operator("pause", "Stop starting new batches; in-flight batches finish.")
+_operator("resume", "Continue a paused run from its checkpoint.")
+_operator("cancel", "Stop a run for good and mark it cancelled.")
+
+
+@main.command()
+@click.argument("name")
+@click.pass_context
+@fail_cleanly
+def retry(ctx: click.Context, name: str) -> None:
+    """Re-queue the failed batches; a failed run becomes running again."""
+    run, requeued = _app(ctx).retry(name)
+    click.echo(
+        f"{name}: {requeued} failed batch(es) re-queued; run {run.id} is {run.status} "
+        f"(workers pick it up, or `backfill run {name}` runs it here)"
+    )

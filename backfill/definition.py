@@ -1,0 +1,205 @@
+"""What a backfill is: a name, a table, its unique ordered key, the per-batch work, and tuning.
+
+Definitions live in the user's own module and never touch the database: they are plain frozen
+values, checked against the database only when a run starts (see ``target.resolve``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from sqlalchemy import ColumnElement, Executable, TextClause, and_, text, tuple_
+
+from backfill.errors import DefinitionError
+from backfill.status import Phase
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Table
+
+Key: TypeAlias = tuple[Any, ...]
+"""A key value: one element per key column, in key order."""
+
+WorkFunction: TypeAlias = "Callable[[Connection, Batch], int | None]"
+Work: TypeAlias = "str | TextClause | Executable | WorkFunction"
+Pending: TypeAlias = "str | Callable[[Table], ColumnElement[bool]]"
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,119}$")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One slice of the key space, handed to the work.
+
+    ``first`` and ``last`` are the first and last keys the slice held when it was planned; the
+    work covers every row whose key lies between them, both included. Rows inserted later into
+    the gap before ``first`` are left to the final pass, like any other row the work did not
+    reach.
+    """
+
+    id: int
+    run_id: int
+    seq: int
+    phase: Phase
+    key_columns: tuple[str, ...]
+    first: Key
+    last: Key
+    rows: int
+
+    def params(self) -> dict[str, Any]:
+        """Bind parameters for SQL work: ``first``/``last`` for a one-column key, and
+        ``first_<col>``/``last_<col>`` for every column (also for a one-column key)."""
+        params: dict[str, Any] = {}
+        for column, first, last in zip(self.key_columns, self.first, self.last, strict=True):
+            params[f"first_{column}"] = first
+            params[f"last_{column}"] = last
+        if len(self.key_columns) == 1:
+            params["first"] = self.first[0]
+            params["last"] = self.last[0]
+        return params
+
+    def where(self, *columns: ColumnElement[Any]) -> ColumnElement[bool]:
+        """The batch's range as a predicate on the given key columns (in key order)."""
+        if len(columns) != len(self.key_columns):
+            raise ValueError(f"batch key has {len(self.key_columns)} columns, got {len(columns)}")
+        if len(columns) == 1:
+            return columns[0].between(self.first[0], self.last[0])
+        row = tuple_(*columns)
+        return and_(row >= tuple_(*self.first), row <= tuple_(*self.last))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The knobs a run starts with; a run keeps its own copy, so they can change while it runs.
+
+    The defaults keep one batch well inside what production traffic tolerates: 1,000 rows is a
+    few milliseconds of work on an indexed table, a writer waits at most ``lock_timeout`` behind
+    a batch, and a runaway batch is cut off at ``statement_timeout`` instead of holding its locks.
+    """
+
+    batch_size: int = 1000
+    parallelism: int = 1
+    max_attempts: int = 5
+    statement_timeout: float = 10.0
+    lock_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "parallelism", "max_attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("statement_timeout", "lock_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise DefinitionError(f"{name} must be a number of seconds > 0, got {value!r}")
+
+    def replace(self, overrides: Mapping[str, Any]) -> Tuning:
+        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(self.__dataclass_fields__)
+            raise DefinitionError(f"unknown setting {', '.join(unknown)}; known settings: {known}")
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return Tuning(**values)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A backfill definition.
+
+    ``work`` runs once per batch inside the batch's transaction. It is one of:
+
+    - SQL text (a string or ``text()``), given the batch bounds as bind parameters
+      (see ``Batch.params``);
+    - a SQLAlchemy Core statement with ``bindparam("first")``/``bindparam("last")``;
+    - a callable ``work(connection, batch)`` returning the number of rows it changed (or None).
+
+    ``pending`` says which rows still need the work (SQL text such as ``"team_id IS NULL"``, or
+    a callable given the reflected table). With it, the run ends with a pass over the rows
+    still pending; the work must then leave alone rows that no longer match it, since a
+    final-pass batch spans done rows as well. Without it, the final pass covers the keys
+    inserted past the run's end.
+
+    ``columns`` names the columns the work fills: checked to exist at start, and used to name
+    the backfill when a NOT NULL check on one of them fails.
+    """
+
+    name: str
+    table: str
+    key: tuple[str, ...]
+    work: Work
+    pending: Pending | None = None
+    columns: tuple[str, ...] = ()
+    schema: str | None = None
+    tuning: Tuning = field(default_factory=Tuning)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise DefinitionError(f"backfill name {self.name!r} is not valid: use letters, digits, '_', '.', '-'")
+        key = (self.key,) if isinstance(self.key, str) else tuple(self.key)
+        if not key or not all(isinstance(c, str) and c for c in key):
+            raise DefinitionError(f"backfill {self.name!r}: key must name one or more columns")
+        if len(set(key)) != len(key):
+            raise DefinitionError(f"backfill {self.name!r}: key names a column twice")
+        object.__setattr__(self, "key", key)
+        columns = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
+        object.__setattr__(self, "columns", columns)
+        if not isinstance(self.table, str) or not self.table:
+            raise DefinitionError(f"backfill {self.name!r}: table must be a table name")
+        if isinstance(self.work, str):
+            object.__setattr__(self, "work", text(self.work))
+        if not isinstance(self.work, Executable) and not callable(self.work):
+            raise DefinitionError(f"backfill {self.name!r}: work must be SQL text, a Core statement or a callable")
+        if self.pending is not None and not (isinstance(self.pending, str) or callable(self.pending)):
+            raise DefinitionError(f"backfill {self.name!r}: pending must be SQL text or a callable given the table")
+        if not self.description and callable(self.work) and self.work.__doc__:
+            object.__setattr__(self, "description", self.work.__doc__.strip().splitlines()[0])
+
+    def pending_clause(self, table: Table) -> ColumnElement[bool] | None:
+        if self.pending is None:
+            return None
+        if isinstance(self.pending, str):
+            return text(self.pending)  # type: ignore[return-value]
+        return self.pending(table)
+
+    def run_work(self, connection: Connection, batch: Batch) -> int | None:
+        """Run the work for one batch; returns the rows it changed, when that is known."""
+        if isinstance(self.work, Executable):
+            result = connection.execute(self.work, batch.params())
+            rowcount = getattr(result, "rowcount", -1)
+            return rowcount if rowcount >= 0 else None
+        work: WorkFunction = self.work  # type: ignore[assignment]  # a str became text() at init
+        return work(connection, batch)
+
+
+def define(
+    name: str | None = None,
+    *,
+    table: str,
+    key: str | tuple[str, ...],
+    pending: Pending | None = None,
+    columns: str | tuple[str, ...] = (),
+    schema: str | None = None,
+    description: str = "",
+    **tuning: Any,
+) -> Callable[[WorkFunction], Backfill]:
+    """Decorator form for Python work: the function becomes the backfill (named after it unless
+    ``name`` is given), so a module scan finds it like any other definition."""
+
+    def decorate(work: WorkFunction) -> Backfill:
+        return Backfill(
+            name=name or work.__name__,
+            table=table,
+            key=key,  # type: ignore[arg-type]
+            work=work,
+            pending=pending,
+            columns=columns,  # type: ignore[arg-type]
+            schema=schema,
+            tuning=Tuning().replace(tuning),
+            description=description,
+        )
+
+    return decorate

@@ -1,0 +1,144 @@
+"""What differs between databases: per-batch time limits, which errors are worth a retry, and
+how many rows a table holds when counting would be slow."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, literal_column, select, text
+from sqlalchemy.exc import DBAPIError
+
+from backfill.status import ErrorKind
+
+# PostgreSQL SQLSTATEs (Appendix A of its manual).
+_PG_TRANSIENT = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available: lock_timeout
+    "57P01",  # admin_shutdown: pg_terminate_backend
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "53300",  # too_many_connections
+}
+_PG_TIMEOUT = {"57014"}  # query_canceled: statement_timeout
+
+# MySQL / MariaDB error numbers.
+_MYSQL_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1040, 1053}
+_MYSQL_TIMEOUT = {1317, 1969, 3024}
+
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database schema has changed")
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Sort an error raised by a batch into retry-as-is, timed-out, or give-up."""
+    if not isinstance(exc, DBAPIError):
+        return ErrorKind.PERMANENT
+    if exc.connection_invalidated:
+        return ErrorKind.TRANSIENT
+    orig: Any = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        if sqlstate in _PG_TRANSIENT or sqlstate.startswith("08"):
+            return ErrorKind.TRANSIENT
+        if sqlstate in _PG_TIMEOUT:
+            return ErrorKind.TIMEOUT
+        return ErrorKind.PERMANENT
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        if args[0] in _MYSQL_TRANSIENT:
+            return ErrorKind.TRANSIENT
+        if args[0] in _MYSQL_TIMEOUT:
+            return ErrorKind.TIMEOUT
+        return ErrorKind.PERMANENT
+    message = str(orig).lower()
+    if any(part in message for part in _SQLITE_TRANSIENT):
+        return ErrorKind.TRANSIENT
+    if message == "interrupted":
+        return ErrorKind.TIMEOUT
+    if type(orig).__name__ == "OperationalError" and "closed" in message:
+        return ErrorKind.TRANSIENT
+    return ErrorKind.PERMANENT
+
+
+def error_text(exc: BaseException, limit: int = 2000) -> str:
+    """The part of an error worth keeping on a batch row: the driver's message, not SQLAlchemy's
+    wrapping with the whole statement and its parameters."""
+    orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else None
+    message = str(orig if orig is not None else exc).strip() or type(exc).__name__
+    name = type(orig if orig is not None else exc).__name__
+    return f"{name}: {message}"[:limit]
+
+
+def before_begin(connection: Connection, lock_timeout: float) -> None:
+    """Settings that must be in place before the batch's transaction begins.
+
+    SQLite takes its write lock at BEGIN (see ``database``), so its busy timeout, the nearest
+    thing it has to a lock timeout, has to be known by then.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.info["sqlite_busy_timeout_ms"] = max(1, int(lock_timeout * 1000))
+
+
+def after_end(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.info.pop("sqlite_busy_timeout_ms", None)
+        connection.connection.driver_connection.set_progress_handler(None, 0)  # type: ignore[union-attr]
+
+
+def apply_timeouts(connection: Connection, statement_timeout: float, lock_timeout: float) -> None:
+    """Bound the batch's transaction: it holds no lock, and runs no statement, past its budget."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        # set_config(..., true) is SET LOCAL: it ends with the transaction, in one round trip.
+        connection.execute(
+            text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
+            {"st": f"{int(statement_timeout * 1000)}ms", "lt": f"{int(lock_timeout * 1000)}ms"},
+        )
+    elif name in ("mysql", "mariadb"):
+        connection.execute(text("SET SESSION innodb_lock_wait_timeout = :lt"), {"lt": max(1, round(lock_timeout))})
+        if connection.dialect.is_mariadb:  # type: ignore[attr-defined]
+            connection.execute(text("SET SESSION max_statement_time = :st"), {"st": statement_timeout})
+        else:
+            connection.execute(text("SET SESSION max_execution_time = :st"), {"st": int(statement_timeout * 1000)})
+    elif name == "sqlite":
+        deadline = time.monotonic() + statement_timeout
+
+        def interrupt() -> int:
+            return 1 if time.monotonic() > deadline else 0
+
+        connection.connection.driver_connection.set_progress_handler(interrupt, 10_000)  # type: ignore[union-attr]
+
+
+EXACT_COUNT_BELOW = 200_000
+"""Below this many estimated rows an exact count is cheap, and worth having."""
+
+
+def estimate_rows(connection: Connection, table: Table) -> tuple[int, bool]:
+    """Rows in the table and whether that figure is an estimate.
+
+    PostgreSQL's planner and MySQL's catalog give a row estimate that costs nothing to read;
+    counting a table of hundreds of millions of rows would take minutes. A small table, or one
+    with no estimate (SQLite), is counted.
+    """
+    estimate: int | None = None
+    name = connection.dialect.name
+    if name == "postgresql":
+        # The planner scales the last ANALYZE by the table's current size: better than reltuples.
+        query = select(literal_column("1")).select_from(table).compile(dialect=connection.dialect)
+        plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {query}").scalar_one()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+    elif name in ("mysql", "mariadb"):
+        found = connection.execute(
+            text(
+                "SELECT table_rows FROM information_schema.tables "
+                "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name"
+            ),
+            {"schema": table.schema, "name": table.name},
+        ).scalar()
+        estimate = int(found) if found is not None else None
+    if estimate is not None and estimate >= EXACT_COUNT_BELOW:
+        return estimate, True
+    return int(connection.execute(select(func.count()).select_from(table)).scalar_one()), False

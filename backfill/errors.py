@@ -1,0 +1,50 @@
+"""The errors a user can cause, each carrying the fix.
+
+Every error that reaches the command line is one of these: the CLI prints its message as a
+single line and exits with its ``exit_code``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class BackfillError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    exit_code = 2
+
+
+class DefinitionError(BackfillError):
+    """A backfill definition is malformed (caught at import, before the database is touched)."""
+
+
+class AppError(BackfillError):
+    """The user's definitions module cannot be loaded, or does not define the name asked for."""
+
+
+class ConfigurationError(BackfillError):
+    """A missing or malformed setting: database URL, driver, environment variable."""
+
+
+class TargetError(BackfillError):
+    """The definition does not match the database: missing table or column, non-unique key."""
+
+
+class StoreMissingError(BackfillError):
+    """The checkpoint tables do not exist yet."""
+
+
+class RunStateError(BackfillError):
+    """The requested action does not fit the run's current state (a second start, resuming a
+    finished run, ...)."""
+
+
+class DatabaseUnavailableError(BackfillError):
+    """The database cannot be reached; nothing was changed."""
+
+    exit_code = 1
+
+
+class RunFailedError(BackfillError):
+    """A run ended failed or cancelled."""
+
+    exit_code = 1

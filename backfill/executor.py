@@ -1,0 +1,156 @@
+"""Runs one batch: claim it, bound it in time, do the work, record it — or record why not.
+
+The work and the batch's checkpoint commit in one transaction, guarded by the claim's token, so
+a batch delivered twice, or re-claimed after its worker vanished, changes its rows once.
+Transient database errors are retried here with backoff; anything else fails the batch at once
+and its error stays on the batch row.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from backfill import dialects
+from backfill.definition import Batch
+from backfill.status import ErrorKind
+from backfill.store import Claim, Run, Store
+from backfill.target import Target, Targets
+
+_HOST = socket.gethostname()
+
+
+def worker_name() -> str:
+    """Who is running a batch: host, process and thread, so a dead owner can be recognised."""
+    return f"{_HOST}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def worker_is_gone(worker: str) -> bool:
+    """True when ``worker`` names a process on this host that no longer exists."""
+    host, _, rest = worker.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def lease_seconds(run: Run) -> float:
+    """How long a claim is honoured before the batch may be handed to someone else: well past
+    the statement timeout, so a live worker is never overtaken by a re-claim."""
+    return 2 * run.tuning.statement_timeout + 30.0
+
+
+class Result(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Not ours to run: already done, claimed by another worker, or its run is not running."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    batch_id: int
+    result: Result
+    rows: int = 0
+    rows_affected: int | None = None
+    duration_ms: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+
+
+class _ClaimLost(Exception):
+    """Another worker owns the batch now; this attempt's work must not commit."""
+
+
+class Executor:
+    def __init__(self, store: Store, targets: Targets) -> None:
+        self.store = store
+        self.targets = targets
+
+    def execute(self, run: Run, batch_id: int) -> Outcome:
+        claim = self.store.claim(batch_id, worker_name(), lease_seconds(run))
+        if claim is None:
+            return Outcome(batch_id, Result.SKIPPED)
+        target = self.targets.get(run.name)
+        tries = max(1, run.tuning.max_attempts - claim.batch.attempts + 1)
+        attempts = 0
+
+        def note_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry")
+
+        retrying = Retrying(
+            stop=stop_after_attempt(tries),
+            wait=wait_random_exponential(multiplier=0.05, max=5.0),
+            retry=retry_if_exception(lambda e: dialects.classify(e) is ErrorKind.TRANSIENT),
+            before_sleep=note_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    rows_affected, duration_ms = self._run_once(run, target, claim)
+        except _ClaimLost:
+            return Outcome(batch_id, Result.SKIPPED, attempts=attempts)
+        except Exception as exc:
+            error = dialects.error_text(exc)
+            if dialects.classify(exc) is ErrorKind.TIMEOUT:
+                error = (
+                    f"batch exceeded its statement timeout of {run.tuning.statement_timeout:g}s ({error}): "
+                    "lower the batch size or raise statement_timeout"
+                )
+            elif dialects.classify(exc) is ErrorKind.TRANSIENT:
+                error = f"gave up after {claim.batch.attempts + attempts - 1} attempts: {error}"
+            self.store.fail(claim, error)
+            return Outcome(batch_id, Result.FAILED, rows=claim.batch.rows, attempts=attempts, error=error)
+        return Outcome(
+            batch_id,
+            Result.SUCCEEDED,
+            rows=claim.batch.rows,
+            rows_affected=rows_affected,
+            duration_ms=duration_ms,
+            attempts=attempts,
+        )
+
+    def _run_once(self, run: Run, target: Target, claim: Claim) -> tuple[int | None, float]:
+        record = claim.batch
+        batch = Batch(
+            id=record.id,
+            run_id=record.run_id,
+            seq=record.seq,
+            phase=record.phase,
+            key_columns=run.key_columns,
+            first=target.decode(record.first_key) or (),
+            last=target.decode(record.last_key) or (),
+            rows=record.rows,
+        )
+        tuning = run.tuning
+        with self.store.engine.connect() as connection:
+            dialects.before_begin(connection, tuning.lock_timeout)
+            try:
+                with connection.begin():
+                    started = time.perf_counter()
+                    dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
+                    rows_affected = target.definition.run_work(connection, batch)
+                    duration_ms = (time.perf_counter() - started) * 1000
+                    if not self.store.complete(connection, claim, rows_affected=rows_affected, duration_ms=duration_ms):
+                        raise _ClaimLost
+            finally:
+                dialects.after_end(connection)
+        return rows_affected, duration_ms

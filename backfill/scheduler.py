@@ -1,0 +1,129 @@
+"""What a run does next: fix its end, plan batches ahead of the workers, move to the final pass,
+and call the run finished or failed once nothing is left.
+
+Planning is lazy, one batch boundary at a time from the checkpointed cursor, so a run over
+hundreds of millions of rows holds only a handful of batch rows ahead of the work, and a run
+whose messages or workers were all lost is planned again from the database alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backfill import dialects, keyset
+from backfill.keyset import encode_key
+from backfill.status import BatchStatus, Phase, RunStatus
+from backfill.store import BatchRecord, Run, Store
+from backfill.target import Targets
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run as the scheduler left it, and its batches that are planned but not done."""
+
+    run: Run
+    open_batches: tuple[BatchRecord, ...]
+
+    @property
+    def pending(self) -> tuple[BatchRecord, ...]:
+        return tuple(b for b in self.open_batches if b.status is BatchStatus.PENDING)
+
+    @property
+    def over(self) -> bool:
+        return self.run.status.is_over
+
+
+class Scheduler:
+    def __init__(self, store: Store, targets: Targets, *, lookahead: int = 1) -> None:
+        self.store = store
+        self.targets = targets
+        self.lookahead = lookahead
+
+    def activate(self, run: Run) -> Run:
+        """pending -> running: fix the run's end at the key's current maximum.
+
+        Rows inserted past the end from now on belong to the final pass, so the main sweep
+        has a known size and the application's new rows are never chased.
+        """
+        if run.status is not RunStatus.PENDING:
+            return run
+        target = self.targets.get(run.name)
+        with self.store.engine.connect() as connection:
+            end = keyset.last_key(connection, target.key_columns)
+            total, estimated = dialects.estimate_rows(connection, target.table)
+        return self.store.activate(run, end=end, rows_total=total, estimated=estimated) or self.store.get_run(run.id)
+
+    def release_stale(self, run: Run, is_abandoned: Callable[[str], bool] | None = None) -> int:
+        return self.store.release_stale(run, is_abandoned=is_abandoned)
+
+    def tick(self, run: Run) -> Plan:
+        """Bring one run forward as far as it can go without running anything."""
+        run = self.store.get_run(run.id)
+        if run.status is RunStatus.PENDING:
+            run = self.activate(run)
+        if run.status is not RunStatus.RUNNING:
+            return Plan(run, ())
+        open_batches = self.store.open_batches(run.id)
+        wanted = run.tuning.parallelism + self.lookahead
+        while len(open_batches) < wanted and not run.planned_all:
+            planned = self._plan_one(run)
+            if planned is None:
+                run = self.store.get_run(run.id)
+                if run.status is not RunStatus.RUNNING:
+                    return Plan(run, tuple(open_batches))
+                continue
+            run, batch = planned
+            if batch is not None:
+                open_batches.append(batch)
+        if run.planned_all and not open_batches:
+            run = self._conclude(run)
+            if run.status is RunStatus.RUNNING and not run.planned_all:
+                return self.tick(run)
+        return Plan(run, tuple(open_batches))
+
+    def _plan_one(self, run: Run) -> tuple[Run, BatchRecord | None] | None:
+        """Plan the run's next batch; (run, None) when its phase has no keys left, or None when
+        another planner changed the run first."""
+        target = self.targets.get(run.name)
+        catchup = run.phase is Phase.CATCHUP
+        if not catchup and run.end_key is None:
+            span = None  # the table was empty at the start: everything belongs to the final pass
+        else:
+            with self.store.engine.connect() as connection:
+                span = keyset.next_span(
+                    connection,
+                    target.key_columns,
+                    cursor=target.decode(run.cursor),
+                    end=None if catchup else target.decode(run.end_key),
+                    size=run.tuning.batch_size,
+                    where=target.definition.pending_clause(target.table) if catchup else None,
+                )
+        if span is None:
+            if not self.store.mark_planned_all(run):
+                return None
+            return dataclasses.replace(run, planned_all=True), None
+        batch = self.store.record_batch(run, span)
+        if batch is None:
+            return None
+        return dataclasses.replace(run, cursor=encode_key(span.last), next_seq=run.next_seq + 1), batch
+
+    def _conclude(self, run: Run) -> Run:
+        """Every planned batch of the phase is done: fail, start the final pass, or finish."""
+        run = self.store.get_run(run.id)
+        if run.batches_failed:
+            return self.store.transition(
+                run.id,
+                RunStatus.FAILED,
+                allowed_from=[RunStatus.RUNNING],
+                error=run.last_error or f"{run.batches_failed} batch(es) failed",
+            ) or self.store.get_run(run.id)
+        if run.phase is Phase.MAIN:
+            definition = self.targets.get(run.name).definition
+            # With a pending predicate the final pass sweeps the whole key space for rows still
+            # pending; without one it can only know the keys inserted past the end.
+            cursor = None if definition.pending is not None else self.targets.get(run.name).decode(run.end_key)
+            self.store.start_catchup(run, cursor)
+            return self.store.get_run(run.id)
+        return self.store.finish(run) or self.store.get_run(run.id)

@@ -1,0 +1,596 @@
+"""The checkpoint store: every state a run or a batch can be in, and every move between them.
+
+Each transition is one guarded UPDATE (``WHERE status = ...``, or the lease token a claim
+handed out), so two processes racing for the same move cannot both win: the loser sees a
+rowcount of zero. That is what makes a duplicate delivery, a second scheduler or a resumed
+runner harmless.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, exists, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError
+
+from backfill import tables
+from backfill.definition import Backfill, Key, Tuning
+from backfill.errors import RunStateError, StoreMissingError
+from backfill.keyset import Span, encode_key
+from backfill.status import BatchStatus, Phase, RunStatus
+
+runs = tables.runs
+batches = tables.batches
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    name: str
+    status: RunStatus
+    phase: Phase
+    table_name: str
+    schema_name: str | None
+    key_columns: tuple[str, ...]
+    cursor: list[Any] | None
+    end_key: list[Any] | None
+    planned_all: bool
+    next_seq: int
+    tuning: Tuning
+    rows_total: int | None
+    rows_total_estimated: bool
+    rows_done: int
+    rows_affected: int
+    batches_done: int
+    batches_failed: int
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Run:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            name=m["name"],
+            status=RunStatus(m["status"]),
+            phase=Phase(m["phase"]),
+            table_name=m["table_name"],
+            schema_name=m["schema_name"],
+            key_columns=tuple(m["key_columns"]),
+            cursor=m["cursor"],
+            end_key=m["end_key"],
+            planned_all=bool(m["planned_all"]),
+            next_seq=m["next_seq"],
+            tuning=Tuning(
+                batch_size=m["batch_size"],
+                parallelism=m["parallelism"],
+                max_attempts=m["max_attempts"],
+                statement_timeout=m["statement_timeout"],
+                lock_timeout=m["lock_timeout"],
+            ),
+            rows_total=m["rows_total"],
+            rows_total_estimated=bool(m["rows_total_estimated"]),
+            rows_done=m["rows_done"],
+            rows_affected=m["rows_affected"],
+            batches_done=m["batches_done"],
+            batches_failed=m["batches_failed"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            updated_at=m["updated_at"],
+            finished_at=m["finished_at"],
+            last_error=m["last_error"],
+        )
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: int
+    run_id: int
+    seq: int
+    phase: Phase
+    first_key: list[Any]
+    last_key: list[Any]
+    rows: int
+    status: BatchStatus
+    attempts: int
+    rows_affected: int | None
+    duration_ms: float | None
+    worker: str | None
+    lease_expires_at: datetime | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> BatchRecord:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            run_id=m["run_id"],
+            seq=m["seq"],
+            phase=Phase(m["phase"]),
+            first_key=m["first_key"],
+            last_key=m["last_key"],
+            rows=m["rows"],
+            status=BatchStatus(m["status"]),
+            attempts=m["attempts"],
+            rows_affected=m["rows_affected"],
+            duration_ms=m["duration_ms"],
+            worker=m["worker"],
+            lease_expires_at=m["lease_expires_at"],
+            error=m["error"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch handed to one worker: the token proves ownership when the batch commits."""
+
+    batch: BatchRecord
+    token: str
+    worker: str
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def create_tables(self) -> None:
+        tables.metadata.create_all(self.engine)
+
+    def drop_tables(self) -> None:
+        tables.metadata.drop_all(self.engine)
+
+    def check_tables(self) -> None:
+        inspector = inspect(self.engine)
+        if not all(inspector.has_table(t.name) for t in tables.metadata.sorted_tables):
+            raise StoreMissingError(
+                "the checkpoint tables (backfill_runs, backfill_batches) do not exist in this "
+                "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
+            )
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        definition: Backfill,
+        tuning: Tuning,
+        *,
+        connection: Connection | None = None,
+    ) -> Run:
+        """Record a new pending run; refuses when the name already has an active one."""
+        now = utcnow()
+        values = {
+            "name": definition.name,
+            "active_name": definition.name,
+            "status": RunStatus.PENDING.value,
+            "phase": Phase.MAIN.value,
+            "table_name": definition.table,
+            "schema_name": definition.schema,
+            "key_columns": list(definition.key),
+            "planned_all": False,
+            "next_seq": 0,
+            "batch_size": tuning.batch_size,
+            "parallelism": tuning.parallelism,
+            "max_attempts": tuning.max_attempts,
+            "statement_timeout": tuning.statement_timeout,
+            "lock_timeout": tuning.lock_timeout,
+            "rows_total_estimated": False,
+            "rows_done": 0,
+            "rows_affected": 0,
+            "batches_done": 0,
+            "batches_failed": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self._transaction(connection) as conn:
+                run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
+                return self._run(conn, run_id)
+        except IntegrityError:
+            active = self.active_run(definition.name, connection=connection)
+            if active is None:
+                raise
+            raise RunStateError(_already_active(active)) from None
+
+    def get_run(self, run_id: int, *, connection: Connection | None = None) -> Run:
+        with self._transaction(connection) as conn:
+            return self._run(conn, run_id)
+
+    def active_run(self, name: str, *, connection: Connection | None = None) -> Run | None:
+        with self._transaction(connection) as conn:
+            row = conn.execute(select(runs).where(runs.c.active_name == name)).first()
+            return Run.from_row(row) if row else None
+
+    def latest_run(self, name: str, *, connection: Connection | None = None) -> Run | None:
+        with self._transaction(connection) as conn:
+            row = conn.execute(select(runs).where(runs.c.name == name).order_by(runs.c.id.desc()).limit(1)).first()
+            return Run.from_row(row) if row else None
+
+    def list_runs(self, name: str | None = None, *, latest_only: bool = True) -> list[Run]:
+        """Runs, newest first; by default only the newest run of each name."""
+        query = select(runs).order_by(runs.c.id.desc())
+        if name is not None:
+            query = query.where(runs.c.name == name)
+        if latest_only:
+            newest = select(func.max(runs.c.id)).group_by(runs.c.name).scalar_subquery()
+            query = query.where(runs.c.id.in_(newest))
+        with self.engine.connect() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
+
+    def runnable_runs(self) -> list[Run]:
+        """Runs a scheduler should look after: queued or running."""
+        query = select(runs).where(runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING])).order_by(runs.c.id)
+        with self.engine.connect() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
+
+    def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
+        """pending -> running, fixing the run's end; None if another process got there first."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.status == RunStatus.PENDING)
+                .values(
+                    status=RunStatus.RUNNING,
+                    end_key=encode_key(end),
+                    rows_total=rows_total,
+                    rows_total_estimated=estimated,
+                    started_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+            return self._run(conn, run.id) if changed else None
+
+    def transition(
+        self,
+        run_id: int,
+        to: RunStatus,
+        *,
+        allowed_from: Iterable[RunStatus],
+        error: str | None = None,
+    ) -> Run | None:
+        """Move a run between statuses; None when it was not in one of ``allowed_from``."""
+        now = utcnow()
+        values: dict[str, Any] = {"status": to, "updated_at": now}
+        if to.is_over:
+            values["finished_at"] = now
+            values["active_name"] = None
+        if error is not None:
+            values["last_error"] = error
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.status.in_(list(allowed_from))).values(values)
+            ).rowcount
+            return self._run(conn, run_id) if changed else None
+
+    def finish(self, run: Run) -> Run | None:
+        """running -> finished once every row is accounted for; the total becomes exact."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING)
+                .values(
+                    status=RunStatus.FINISHED,
+                    active_name=None,
+                    rows_total=runs.c.rows_done,
+                    rows_total_estimated=False,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+            return self._run(conn, run.id) if changed else None
+
+    def reopen_failed(self, run: Run) -> tuple[Run, int]:
+        """Re-queue the failed batches of a run and make it running again (``backfill retry``)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            requeued = conn.execute(
+                update(batches)
+                .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED)
+                .values(status=BatchStatus.PENDING, attempts=0, lease_token=None, finished_at=None)
+            ).rowcount
+            values: dict[str, Any] = {
+                "batches_failed": runs.c.batches_failed - requeued,
+                "updated_at": now,
+            }
+            if run.status == RunStatus.FAILED:
+                values.update(status=RunStatus.RUNNING, active_name=run.name, finished_at=None, last_error=None)
+            try:
+                conn.execute(update(runs).where(runs.c.id == run.id).values(values))
+            except IntegrityError:
+                raise RunStateError(
+                    f"backfill '{run.name}' has a newer active run: retry that one, or cancel it first"
+                ) from None
+            return self._run(conn, run.id), requeued
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def record_batch(self, run: Run, span: Span) -> BatchRecord | None:
+        """Add the next batch and move the cursor past it, in one transaction.
+
+        Guarded by ``next_seq``: if another planner moved the run on since ``run`` was read,
+        nothing is written and None comes back, so batches never overlap.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.next_seq == run.next_seq, runs.c.status == RunStatus.RUNNING)
+                .values(cursor=encode_key(span.last), next_seq=run.next_seq + 1, updated_at=now)
+            ).rowcount
+            if not moved:
+                return None
+            batch_id = conn.execute(
+                batches.insert()
+                .values(
+                    run_id=run.id,
+                    seq=run.next_seq,
+                    phase=run.phase,
+                    first_key=encode_key(span.first),
+                    last_key=encode_key(span.last),
+                    rows=span.rows,
+                    status=BatchStatus.PENDING,
+                    attempts=0,
+                    created_at=now,
+                )
+                .returning(batches.c.id)
+            ).scalar_one()
+            return self._batch(conn, batch_id)
+
+    def mark_planned_all(self, run: Run) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id, runs.c.next_seq == run.next_seq)
+                    .values(planned_all=True, updated_at=utcnow())
+                ).rowcount
+            )
+
+    def start_catchup(self, run: Run, cursor: Key | None) -> bool:
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id, runs.c.phase == Phase.MAIN, runs.c.next_seq == run.next_seq)
+                    .values(phase=Phase.CATCHUP, cursor=encode_key(cursor), planned_all=False, updated_at=utcnow())
+                ).rowcount
+            )
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def batch_counts(self, run_id: int) -> dict[BatchStatus, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(batches.c.status, func.count()).where(batches.c.run_id == run_id).group_by(batches.c.status)
+            ).all()
+        counts = dict.fromkeys(BatchStatus, 0)
+        counts.update({BatchStatus(status): n for status, n in rows})
+        return counts
+
+    def open_batches(self, run_id: int) -> list[BatchRecord]:
+        """Batches planned and not yet done (pending or running), in key order."""
+        query = (
+            select(batches)
+            .where(batches.c.run_id == run_id, batches.c.status.in_([BatchStatus.PENDING, BatchStatus.RUNNING]))
+            .order_by(batches.c.seq)
+        )
+        with self.engine.connect() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def batches_of(self, run_id: int, status: BatchStatus | None = None) -> list[BatchRecord]:
+        query = select(batches).where(batches.c.run_id == run_id).order_by(batches.c.seq)
+        if status is not None:
+            query = query.where(batches.c.status == status)
+        with self.engine.connect() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def claim(self, batch_id: int, worker: str, lease_seconds: float) -> Claim | None:
+        """pending -> running for one worker, only while its run is running.
+
+        Committed on its own, before the work starts, so that the attempt counts even if the
+        worker dies, and so that the lease is visible to status and to the stuck-batch sweep.
+        """
+        token = secrets.token_hex(16)
+        now = utcnow()
+        run_is_running = exists().where(runs.c.id == batches.c.run_id, runs.c.status == RunStatus.RUNNING)
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id, batches.c.status == BatchStatus.PENDING, run_is_running)
+                .values(
+                    status=BatchStatus.RUNNING,
+                    attempts=batches.c.attempts + 1,
+                    worker=worker,
+                    lease_token=token,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    started_at=now,
+                )
+            ).rowcount
+            if not claimed:
+                return None
+            return Claim(self._batch(conn, batch_id), token, worker)
+
+    def complete(self, conn: Connection, claim: Claim, *, rows_affected: int | None, duration_ms: float) -> bool:
+        """Mark the batch succeeded inside the batch's own transaction.
+
+        Returns False when the claim was lost (another worker re-claimed the batch after the
+        lease ran out): the caller must roll back, so the work commits at most once.
+        """
+        now = utcnow()
+        done = conn.execute(
+            update(batches)
+            .where(
+                batches.c.id == claim.batch.id,
+                batches.c.lease_token == claim.token,
+                batches.c.status == BatchStatus.RUNNING,
+            )
+            .values(
+                status=BatchStatus.SUCCEEDED,
+                rows_affected=rows_affected,
+                duration_ms=duration_ms,
+                lease_token=None,
+                lease_expires_at=None,
+                error=None,
+                finished_at=now,
+            )
+        ).rowcount
+        if not done:
+            return False
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == claim.batch.run_id)
+            .values(
+                rows_done=runs.c.rows_done + claim.batch.rows,
+                rows_affected=runs.c.rows_affected + (rows_affected or 0),
+                batches_done=runs.c.batches_done + 1,
+                updated_at=now,
+            )
+        )
+        return True
+
+    def record_retry(self, claim: Claim, error: str) -> bool:
+        """Count one more attempt of a claimed batch after a transient error."""
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(batches)
+                    .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
+                    .values(attempts=batches.c.attempts + 1, error=error)
+                ).rowcount
+            )
+
+    def fail(self, claim: Claim, error: str) -> bool:
+        """running -> failed, with the error kept on the batch and on its run."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                update(batches)
+                .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
+                .values(status=BatchStatus.FAILED, error=error, lease_token=None, finished_at=now)
+            ).rowcount
+            if failed:
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == claim.batch.run_id)
+                    .values(
+                        batches_failed=runs.c.batches_failed + 1,
+                        last_error=f"batch {claim.batch.seq}: {error}",
+                        updated_at=now,
+                    )
+                )
+            return bool(failed)
+
+    def release_stale(self, run: Run, *, is_abandoned: Callable[[str], bool] | None = None) -> int:
+        """Put back running batches whose lease ran out, or whose worker is known to be gone.
+
+        A batch that already used all its attempts fails instead of going round again: a batch
+        that kills its worker every time must not loop forever.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            running = conn.execute(
+                select(batches.c.id, batches.c.worker, batches.c.lease_expires_at, batches.c.attempts).where(
+                    batches.c.run_id == run.id, batches.c.status == BatchStatus.RUNNING
+                )
+            ).all()
+            stale = [
+                r
+                for r in running
+                if (r.lease_expires_at is not None and r.lease_expires_at < now)
+                or (is_abandoned is not None and r.worker is not None and is_abandoned(r.worker))
+            ]
+            for r in stale:
+                give_up = r.attempts >= run.tuning.max_attempts
+                error = f"worker {r.worker} stopped answering (lease lost) on attempt {r.attempts}"
+                changed = conn.execute(
+                    update(batches)
+                    .where(batches.c.id == r.id, batches.c.status == BatchStatus.RUNNING)
+                    .values(
+                        status=BatchStatus.FAILED if give_up else BatchStatus.PENDING,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        error=error,
+                        finished_at=now if give_up else None,
+                    )
+                ).rowcount
+                if changed and give_up:
+                    conn.execute(
+                        update(runs)
+                        .where(runs.c.id == run.id)
+                        .values(batches_failed=runs.c.batches_failed + 1, last_error=error, updated_at=now)
+                    )
+            return len(stale)
+
+    def recent_rows(self, run_id: int, since: datetime) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.coalesce(func.sum(batches.c.rows), 0)).where(
+                        and_(
+                            batches.c.run_id == run_id,
+                            batches.c.status == BatchStatus.SUCCEEDED,
+                            batches.c.finished_at >= since,
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _transaction(self, connection: Connection | None) -> Any:
+        """Use the caller's connection and transaction (a migration's), or a fresh one."""
+        if connection is not None:
+            return _Borrowed(connection)
+        return self.engine.begin()
+
+    @staticmethod
+    def _run(conn: Connection, run_id: int) -> Run:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise RunStateError(f"run {run_id} does not exist")
+        return Run.from_row(row)
+
+    @staticmethod
+    def _batch(conn: Connection, batch_id: int) -> BatchRecord:
+        return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
+
+
+class _Borrowed:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def __enter__(self) -> Connection:
+        return self.connection
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _already_active(run: Run) -> str:
+    return (
+        f"backfill '{run.name}' already has an active run (run {run.id}, {run.status}): "
+        f"see `backfill status {run.name}`; `backfill cancel {run.name}` to drop it"
+    )
+
+
+__all__ = ["BatchRecord", "Claim", "Run", "Store", "utcnow"]

@@ -1,0 +1,89 @@
+"""The checkpoint tables, in the application's own database.
+
+They are created by ``backfill init-db`` or by ``op.create_backfill_tables()`` in a migration,
+from this one metadata.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+runs = Table(
+    "backfill_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(120), nullable=False, index=True),
+    # Equal to ``name`` while the run is active, NULL after: a unique column that NULLs don't
+    # collide in gives "one active run per name" on every database.
+    Column("active_name", String(120), unique=True),
+    Column("status", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("table_name", String(255), nullable=False),
+    Column("schema_name", String(255)),
+    Column("key_columns", JSON, nullable=False),
+    Column("cursor", JSON),
+    Column("end_key", JSON),
+    Column("planned_all", Boolean, nullable=False, default=False),
+    Column("next_seq", Integer, nullable=False, default=0),
+    Column("batch_size", Integer, nullable=False),
+    Column("parallelism", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("statement_timeout", Float, nullable=False),
+    Column("lock_timeout", Float, nullable=False),
+    Column("rows_total", BigInteger),
+    Column("rows_total_estimated", Boolean, nullable=False, default=False),
+    Column("rows_done", BigInteger, nullable=False, default=0),
+    Column("rows_affected", BigInteger, nullable=False, default=0),
+    Column("batches_done", Integer, nullable=False, default=0),
+    Column("batches_failed", Integer, nullable=False, default=0),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("updated_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Column("last_error", Text),
+)
+
+batches = Table(
+    "backfill_batches",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("backfill_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("first_key", JSON, nullable=False),
+    Column("last_key", JSON, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("rows_affected", BigInteger),
+    Column("duration_ms", Float),
+    Column("worker", String(255)),
+    Column("lease_token", String(32)),
+    Column("lease_expires_at", DateTime),
+    Column("error", Text),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("finished_at", DateTime),
+    UniqueConstraint("run_id", "seq", name="uq_backfill_batches_run_seq"),
+    Index("ix_backfill_batches_run_status", "run_id", "status"),
+    Index("ix_backfill_batches_run_finished", "run_id", "finished_at"),
+)

@@ -1,0 +1,126 @@
+"""A definition checked against the database: the reflected table and its key columns.
+
+Everything a definition claims about the schema is verified here, before a run records
+anything, so a wrong name or a non-unique key is one clear error and no change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection, Engine, MetaData, Select, Table, inspect, literal_column, select
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
+
+from backfill.definition import Backfill, Key
+from backfill.dialects import error_text
+from backfill.errors import TargetError
+from backfill.keyset import KEY_TYPES, decode_key
+
+
+@dataclass(frozen=True)
+class Target:
+    definition: Backfill
+    table: Table
+    key_columns: tuple[Column[Any], ...]
+    key_types: tuple[type, ...]
+
+    def decode(self, raw: list[Any] | None) -> Key | None:
+        return decode_key(raw, self.key_types)
+
+
+def _python_type(column: Column[Any]) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None
+
+
+def resolve(connection: Connection, definition: Backfill) -> Target:
+    """Reflect the definition's table and check its key; raises ``TargetError`` naming the fix."""
+    where = f"{definition.schema}.{definition.table}" if definition.schema else definition.table
+    name = f"backfill '{definition.name}'"
+    try:
+        table = Table(definition.table, MetaData(), schema=definition.schema, autoload_with=connection)
+    except NoSuchTableError:
+        raise TargetError(
+            f"{name}: table '{where}' does not exist: create it (run your migrations) or fix the definition's table"
+        ) from None
+
+    for column_name in (*definition.key, *definition.columns):
+        if column_name not in table.c:
+            raise TargetError(
+                f"{name}: column '{column_name}' does not exist in table '{where}' "
+                f"(columns: {', '.join(table.c.keys())}): fix the definition or add the column"
+            )
+    key_columns = tuple(table.c[c] for c in definition.key)
+    key_types = []
+    for column in key_columns:
+        python_type = _python_type(column)
+        if python_type not in KEY_TYPES:
+            raise TargetError(
+                f"{name}: key column '{column.name}' has type {column.type}; keys must be integer, text or UUID columns"
+            )
+        key_types.append(python_type)
+
+    key_set = set(definition.key)
+    inspector = inspect(connection)
+    unique_sets = [{c.name for c in table.primary_key.columns}]
+    unique_sets += [
+        {c for c in ix["column_names"] if c is not None}
+        for ix in inspector.get_indexes(definition.table, schema=definition.schema)
+        if ix.get("unique")
+    ]
+    unique_sets += [
+        set(uc["column_names"]) for uc in inspector.get_unique_constraints(definition.table, schema=definition.schema)
+    ]
+    if not any(s and s <= key_set for s in unique_sets):
+        raise TargetError(
+            f"{name}: key ({', '.join(definition.key)}) of table '{where}' is not unique: "
+            "batches need a key backed by the primary key or a unique index; "
+            "add a unique index on it or choose the primary key"
+        )
+    nullable = [c.name for c in key_columns if c.nullable and not c.primary_key]
+    if nullable:
+        raise TargetError(
+            f"{name}: key column(s) {', '.join(nullable)} of table '{where}' allow NULL, and rows "
+            "with a NULL key would never be batched: make them NOT NULL or choose another key"
+        )
+
+    target = Target(definition, table, key_columns, tuple(key_types))
+    pending = definition.pending_clause(table)
+    if pending is not None:
+        probe: Select[tuple[Any]] = select(literal_column("1")).select_from(table).where(pending).limit(1)
+        try:
+            connection.execute(probe)
+        except DBAPIError as exc:
+            raise TargetError(
+                f"{name}: the pending predicate fails on table '{where}': {error_text(exc, 300)}"
+            ) from None
+    return target
+
+
+class Targets:
+    """Resolved targets by backfill name, reflected once per process.
+
+    Reflection costs several catalog queries: the per-batch path must not pay it.
+    """
+
+    def __init__(self, engine: Engine, definitions: Mapping[str, Backfill]) -> None:
+        self.engine = engine
+        self.definitions = definitions
+        self._resolved: dict[str, Target] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Target:
+        target = self._resolved.get(name)
+        if target is None:
+            with self._lock:
+                target = self._resolved.get(name)
+                if target is None:
+                    with self.engine.connect() as connection:
+                        target = resolve(connection, self.definitions[name])
+                    self._resolved[name] = target
+        return target

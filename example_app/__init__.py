@@ -1,0 +1,1 @@
+"""The example application: players whose free-text ``team`` becomes a ``teams`` table."""

@@ -1,0 +1,50 @@
+"""The example application's backfills (``BACKFILL_APP=example_app.backfills``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, Insert, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import insert
+
+from backfill import Batch, define
+from example_app.models import players, teams
+
+
+def _insert_missing(connection: Connection) -> Insert:
+    """INSERT that skips names another batch inserted concurrently."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(teams).on_conflict_do_nothing(index_elements=["name"])
+    if dialect == "sqlite":
+        return sqlite.insert(teams).on_conflict_do_nothing(index_elements=["name"])
+    return insert(teams).prefix_with("IGNORE")
+
+
+@define(
+    table="players",
+    key="id",
+    pending="team_id IS NULL AND team IS NOT NULL",
+    columns="team_id",
+    batch_size=2000,
+)
+def players_team_id(connection: Connection, batch: Batch) -> int:
+    """Create the batch's teams from players.team and point players.team_id at them."""
+    in_batch = batch.where(players.c.id)
+    names = (
+        select(players.c.team)
+        .distinct()
+        .where(
+            in_batch,
+            players.c.team_id.is_(None),
+            players.c.team.is_not(None),
+            ~exists().where(teams.c.name == players.c.team),
+        )
+    )
+    connection.execute(_insert_missing(connection).from_select(["name"], names))
+    team_id = select(teams.c.id).where(teams.c.name == players.c.team).scalar_subquery()
+    result = connection.execute(
+        update(players)
+        .where(in_batch, players.c.team_id.is_(None), players.c.team.is_not(None))
+        .values(team_id=team_id)
+    )
+    return result.rowcount
