@@ -1,0 +1,186 @@
+"""Backfills used by the tests: each adds one to a ``counter`` column, so the data itself shows
+whether every row was processed exactly once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    update,
+)
+
+from backfill import Backfill, Batch, Tuning, define
+from backfill.database import make_engine
+
+metadata = MetaData()
+
+
+def _counted(*columns: Column[Any]) -> list[Column[Any]]:
+    return [
+        *columns,
+        Column("counter", Integer, nullable=False, server_default="0"),
+        Column("done", Integer, nullable=False, server_default="0"),
+    ]
+
+
+items = Table("items", metadata, *_counted(Column("id", Integer, primary_key=True, autoincrement=False)))
+items_text = Table("items_text", metadata, *_counted(Column("code", String(40), primary_key=True)))
+items_composite = Table(
+    "items_composite",
+    metadata,
+    *_counted(Column("tenant", String(20), nullable=False), Column("seq", Integer, nullable=False)),
+    PrimaryKeyConstraint("tenant", "seq"),
+)
+items_uuid = Table("items_uuid", metadata, *_counted(Column("id", Uuid, primary_key=True)))
+poison = Table("poison", metadata, Column("id", Integer, primary_key=True, autoincrement=False))
+
+
+def create_tables(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def fill(engine: Engine, table: Table, keys: list[Any]) -> None:
+    names = [c.name for c in table.primary_key.columns]
+    rows = [dict(zip(names, k if isinstance(k, tuple) else (k,), strict=True)) for k in keys]
+    with engine.begin() as connection:
+        for start in range(0, len(rows), 5000):
+            connection.execute(table.insert(), rows[start : start + 5000])
+
+
+small = Tuning(batch_size=50)
+
+counter_int = Backfill(
+    name="counter_int",
+    table="items",
+    key="id",
+    work="UPDATE items SET counter = counter + 1 WHERE id BETWEEN :first AND :last",
+    tuning=small,
+)
+
+counter_pending = Backfill(
+    name="counter_pending",
+    table="items",
+    key="id",
+    pending="done = 0",
+    work="UPDATE items SET counter = counter + 1, done = 1 WHERE id BETWEEN :first AND :last AND done = 0",
+    tuning=small,
+)
+
+counter_text = Backfill(
+    name="counter_text",
+    table="items_text",
+    key="code",
+    work="UPDATE items_text SET counter = counter + 1 WHERE code BETWEEN :first AND :last",
+    tuning=small,
+)
+
+counter_composite = Backfill(
+    name="counter_composite",
+    table="items_composite",
+    key=("tenant", "seq"),
+    work=(
+        "UPDATE items_composite SET counter = counter + 1 "
+        "WHERE (tenant, seq) >= (:first_tenant, :first_seq) AND (tenant, seq) <= (:last_tenant, :last_seq)"
+    ),
+    tuning=small,
+)
+
+counter_uuid = Backfill(
+    name="counter_uuid",
+    table="items_uuid",
+    key="id",
+    work=update(items_uuid)
+    # Untyped: SQLite keeps UUIDs as text and hands them back as text, PostgreSQL as UUIDs.
+    .where(column("id").between(bindparam("first"), bindparam("last")))
+    .values(counter=items_uuid.c.counter + 1),
+    tuning=small,
+)
+
+
+@define(table="items", key="id", batch_size=10)
+def counter_slow(connection: Connection, batch: Batch) -> int:
+    """Slow batches, so a test can kill the runner in the middle of a run."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    time.sleep(0.03)
+    return result.rowcount
+
+
+@define(table="items", key="id", batch_size=50, max_attempts=2)
+def poisoned(connection: Connection, batch: Batch) -> int:
+    """Fails on batches holding an id listed in ``poison``, after having written its rows."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    bad = connection.execute(select(func.min(poison.c.id)).where(batch.where(poison.c.id))).scalar()
+    if bad is not None:
+        raise ValueError(f"row {bad} is poisoned")
+    return result.rowcount
+
+
+class Contention:
+    """Arranges for the first attempt of one batch to lose a real lock conflict.
+
+    An application connection tries to write a row the batch has just written, with a short
+    lock timeout; the database refuses it (PostgreSQL: lock_not_available, SQLite: database is
+    locked) and the work lets that error escape, as a batch blocked on a lock would.
+    """
+
+    url: str | None = None
+    seq = 1
+    provoked: list[int] = []
+    _engine: Engine | None = None
+
+    @classmethod
+    def arm(cls, url: str | None) -> None:
+        if cls._engine is not None:
+            cls._engine.dispose()
+        cls.url, cls._engine, cls.provoked = url, None, []
+
+    @classmethod
+    def provoke(cls, batch: Batch) -> None:
+        if cls.url is None or batch.seq != cls.seq or cls.provoked:
+            return
+        cls.provoked.append(batch.id)
+        if cls._engine is None:
+            cls._engine = make_engine(cls.url)
+        with cls._engine.connect() as app_connection:
+            app_connection.info["sqlite_busy_timeout_ms"] = 50
+            with app_connection.begin():
+                if app_connection.dialect.name == "postgresql":
+                    app_connection.execute(text("SET LOCAL lock_timeout = '50ms'"))
+                app_connection.execute(
+                    update(items).where(items.c.id == batch.first[0]).values(counter=items.c.counter)
+                )
+
+
+@define(table="items", key="id", batch_size=50, max_attempts=5)
+def counter_contended(connection: Connection, batch: Batch) -> int:
+    """Like counter_int, but one batch meets a lock conflict on its first attempt."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    Contention.provoke(batch)
+    return result.rowcount
+
+
+# Definitions that do not match the schema: each must be refused with one clear line.
+missing_table = Backfill(name="missing_table", table="no_such_table", key="id", work="SELECT 1")
+missing_column = Backfill(name="missing_column", table="items", key="no_such_column", work="SELECT 1")
+non_unique_key = Backfill(name="non_unique_key", table="items", key="counter", work="SELECT 1")
+bad_pending = Backfill(name="bad_pending", table="items", key="id", pending="no_such_column = 1", work="SELECT 1")
+
+
+def uuids(n: int) -> list[uuid.UUID]:
+    return [uuid.uuid4() for _ in range(n)]

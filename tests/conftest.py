@@ -1,0 +1,111 @@
+"""Fixtures: a fresh database per test on SQLite and on the real PostgreSQL server.
+
+PostgreSQL tests get a database of their own per test run (``backfill_test_<pid>_<random>``),
+dropped at the end, so runs never collide. Under ``CI=true`` an unreachable server fails the
+run; elsewhere those tests are skipped with the command that starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, MetaData, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from backfill import App, Registry
+from backfill.database import make_engine
+from tests.apps import counters
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BACKFILL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+POSTGRES_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(service: str, how_to_start: str, error: Exception) -> None:
+    message = f"{service} is not reachable ({str(error).splitlines()[0]}); start it with: {how_to_start}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A database of this test run's own on the PostgreSQL server; yields its URL."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"backfill_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        admin.dispose()
+        service_missing("PostgreSQL", POSTGRES_START, exc)
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@dataclass
+class Database:
+    """One test's database: its URL, an engine, and an App over the test definitions."""
+
+    url: str
+    engine: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def app(self, *definitions: object) -> App:
+        registry = Registry.of(*definitions) if definitions else Registry.from_module(counters)  # type: ignore[arg-type]
+        return App(self.engine, registry)
+
+    def scalar(self, sql: str, **params: object) -> object:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def cli(
+        self, *args: str, app: str = "tests.apps.counters", timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real ``backfill`` command in a subprocess, as a user would."""
+        env = {**os.environ, "BACKFILL_DATABASE_URL": self.url, "BACKFILL_APP": app, "COLUMNS": "200"}
+        return subprocess.run(
+            [sys.executable, "-m", "backfill", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _clean(engine: Engine) -> None:
+    metadata = MetaData()
+    metadata.reflect(engine)
+    metadata.drop_all(engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
+    else:
+        url = request.getfixturevalue("postgres_server")
+    engine = make_engine(url)
+    _clean(engine)
+    counters.create_tables(engine)
+    App(engine, Registry.from_module(counters)).init_db()
+    yield Database(url, engine)
+    engine.dispose()
