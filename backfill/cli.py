@@ -35,7 +35,7 @@ def fail_cleanly(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except BackfillError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]

@@ -26,14 +26,20 @@ class ProgressBar:
         )
         self.task = self.progress.add_task(name, total=None, batches=0)
 
+        self.started = False
+
     def __enter__(self) -> ProgressBar:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
 
     def update(self, run: Run) -> None:
+        # Shown from the run's first report on, so an error before the run starts stays one line.
+        if not self.started:
+            self.progress.start()
+            self.started = True
         total = max(run.rows_total or 0, run.rows_done) or None
         if run.status is RunStatus.FINISHED:
             total = run.rows_done

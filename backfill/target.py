@@ -97,7 +97,7 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
             connection.execute(probe)
         except DBAPIError as exc:
             raise TargetError(
-                f"{name}: the pending predicate fails on table '{where}': {error_text(exc, 300)}"
+                f"{name}: the pending predicate fails on table '{where}': {error_text(exc, 300).splitlines()[0]}"
             ) from None
     return target
 

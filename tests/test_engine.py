@@ -35,7 +35,7 @@ def test_every_row_once_with_an_integer_key(db: Database, threads: int) -> None:
 
 
 def test_keys_with_gaps_cost_no_extra_batches(db: Database) -> None:
-    keys = sorted(random.Random(3).sample(range(1, 10_000_000), 700)) + [2**31 - 1]
+    keys = [*sorted(random.Random(3).sample(range(1, 10_000_000), 700)), 2**31 - 1]
     counters.fill(db.engine, items, keys)
     run = db.app().run("counter_int")
     assert run.status is RunStatus.FINISHED

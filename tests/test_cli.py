@@ -1,0 +1,220 @@
+"""The ``backfill`` command driven in a subprocess, as a user drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sqlalchemy import select, text
+
+from backfill import BatchStatus, RunStatus
+from backfill.tables import runs
+from tests.apps import counters
+from tests.apps.counters import items
+from tests.conftest import ROOT, Database
+from tests.test_engine import counter_histogram
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A user mistake is exactly one line on stderr, never a traceback."""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def no_runs(db: Database) -> bool:
+    with db.engine.connect() as connection:
+        return connection.execute(select(runs.c.id)).first() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["start", "no_such_backfill"], "unknown backfill 'no_such_backfill'"),
+        (["start", "missing_table"], "table 'no_such_table' does not exist"),
+        (["start", "missing_column"], "column 'no_such_column' does not exist in table 'items'"),
+        (["start", "non_unique_key"], "key (counter) of table 'items' is not unique"),
+        (["start", "bad_pending"], "the pending predicate fails on table 'items'"),
+        (["run", "missing_table"], "table 'no_such_table' does not exist"),
+        (["pause", "counter_int"], "has no active run"),
+        (["retry", "counter_int"], "has never run"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_change_nothing(db: Database, args: list[str], expected: str) -> None:
+    result = db.cli(*args)
+    assert result.returncode == 2
+    assert expected in one_error_line(result)
+    assert no_runs(db)
+
+
+def test_bad_settings_are_one_line(db: Database) -> None:
+    unknown_app = db.cli("list", app="no_such_module")
+    assert unknown_app.returncode == 2
+    assert "cannot import definitions module 'no_such_module'" in one_error_line(unknown_app)
+
+    env = {**os.environ, "BACKFILL_APP": "tests.apps.counters"}
+    env.pop("BACKFILL_DATABASE_URL", None)
+    for url, expected, code in [
+        ("not a url", "the database URL cannot be parsed", 2),
+        ("nosuchdb://host/x", "no SQLAlchemy dialect or driver for 'nosuchdb'", 2),
+        (
+            "postgresql://someone:s3cret-pw@127.0.0.1:1/app",
+            "cannot connect to postgresql+psycopg://someone:***@127.0.0.1:1/app",
+            1,
+        ),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "backfill", "--database-url", url, "status"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == code, result.stderr
+        assert expected in one_error_line(result)
+        assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_missing_checkpoint_tables_name_the_fix(db: Database) -> None:
+    db.app().store.drop_tables()
+    result = db.cli("start", "counter_int")
+    assert result.returncode == 2
+    assert "backfill init-db" in one_error_line(result)
+    assert db.cli("init-db").returncode == 0
+    assert db.cli("start", "counter_int").returncode == 0
+
+
+def test_start_status_json_and_a_second_start(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 251)))
+    started = db.cli("start", "counter_int", "--batch-size", "100")
+    assert started.returncode == 0, started.stderr
+    assert "250 rows" in started.stdout
+
+    second = db.cli("start", "counter_int")
+    assert second.returncode == 2
+    assert "already has an active run" in one_error_line(second)
+
+    status = json.loads(db.cli("status", "--json").stdout)
+    assert len(status) == 1
+    entry = status[0]
+    for field in ("name", "status", "rows_done", "rows_total", "rows_total_is_estimate", "batches_done",
+                  "batches_failed", "batches_pending", "rate", "eta_seconds", "last_error"):  # fmt: skip
+        assert field in entry
+    assert (entry["name"], entry["status"], entry["rows_done"], entry["rows_total"]) == (
+        "counter_int",
+        "running",
+        0,
+        250,
+    )
+    assert entry["batch_size"] == 100
+
+    ran = db.cli("run", "counter_int", "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    assert "finished: 250 rows in 3 batches" in ran.stdout
+    entry = json.loads(db.cli("status", "counter_int", "--json").stdout)[0]
+    assert (entry["status"], entry["rows_done"], entry["batches_done"], entry["batches_pending"]) == (
+        "finished",
+        250,
+        3,
+        0,
+    )
+    assert entry["percent"] == 100.0 and entry["rate"] > 0
+    assert counter_histogram(db, items) == {1: 250}
+
+    human = db.cli("status")
+    assert human.returncode == 0 and "counter_int" in human.stdout and "finished" in human.stdout
+
+
+def test_pause_resume_cancel(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 101)))
+    assert db.cli("start", "counter_int").returncode == 0
+    paused = db.cli("pause", "counter_int")
+    assert paused.returncode == 0 and "is paused" in paused.stdout
+    refused = db.cli("run", "counter_int", "--no-progress")
+    assert refused.returncode == 2 and "backfill resume counter_int" in one_error_line(refused)
+    assert counter_histogram(db, items) == {0: 100}
+
+    assert "is running" in db.cli("resume", "counter_int").stdout
+    assert db.cli("run", "counter_int", "--no-progress").returncode == 0
+    assert counter_histogram(db, items) == {1: 100}
+
+    assert db.cli("start", "counter_int").returncode == 0  # a finished run frees the name
+    cancelled = db.cli("cancel", "counter_int")
+    assert cancelled.returncode == 0 and "is cancelled" in cancelled.stdout
+    assert db.cli("resume", "counter_int").returncode == 2
+    assert counter_histogram(db, items) == {1: 100}
+
+
+def test_failure_exit_code_and_retry_through_the_cli(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 201)))
+    with db.engine.begin() as connection:
+        connection.execute(counters.poison.insert(), [{"id": 77}])
+    failed = db.cli("run", "poisoned", "--no-progress")
+    assert failed.returncode == 1
+    line = one_error_line(failed)
+    assert "row 77 is poisoned" in line and "backfill retry poisoned" in line
+    entry = json.loads(db.cli("status", "poisoned", "--json").stdout)[0]
+    assert entry["status"] == "failed" and entry["batches_failed"] == 1
+    assert "row 77 is poisoned" in entry["last_error"]
+
+    with db.engine.begin() as connection:
+        connection.execute(counters.poison.delete())
+    retried = db.cli("retry", "poisoned")
+    assert retried.returncode == 0 and "1 failed batch(es) re-queued" in retried.stdout
+    assert db.cli("run", "poisoned", "--no-progress").returncode == 0
+    assert counter_histogram(db, items) == {1: 200}
+
+
+def test_resume_after_the_runner_is_killed(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 1001)))
+    env = {**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_APP": "tests.apps.counters"}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "backfill", "run", "counter_slow", "--no-progress"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    done = 0
+    while time.monotonic() < deadline and done < 15:
+        time.sleep(0.05)
+        done = db.scalar("SELECT coalesce(max(batches_done), 0) FROM backfill_runs")  # type: ignore[assignment]
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=30)
+    assert runner.returncode == -signal.SIGKILL
+    histogram = counter_histogram(db, items)
+    assert 0 < histogram.get(1, 0) < 1000 and set(histogram) <= {0, 1}, histogram
+
+    resumed = db.cli("run", "counter_slow", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert counter_histogram(db, items) == {1: 1000}
+    run = db.app().store.latest_run("counter_slow")
+    assert run is not None and run.status is RunStatus.FINISHED
+    assert (run.rows_done, run.batches_done, run.batches_failed) == (1000, 100, 0)
+    assert all(b.status is BatchStatus.SUCCEEDED for b in db.app().store.batches_of(run.id))
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_batch_waits_no_longer_than_its_lock_timeout_and_retries(db: Database) -> None:
+    """An application transaction holds a row lock mid-run (row locks: PostgreSQL)."""
+    counters.fill(db.engine, items, list(range(1, 301)))
+    held = threading.Event()
+
+    def application_transaction() -> None:
+        with db.engine.connect() as connection, connection.begin():
+            connection.execute(text("SELECT id FROM items WHERE id = 120 FOR UPDATE"))
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=application_transaction)
+    holder.start()
+    held.wait(10)
+    run = db.app().run("counter_int", lock_timeout=0.2, max_attempts=30)
+    holder.join()
+    assert run.status is RunStatus.FINISHED
+    assert counter_histogram(db, items) == {1: 300}
+    blocked = next(b for b in db.app().store.batches_of(run.id) if b.first_key == [101])
+    assert blocked.attempts > 1
