@@ -53,7 +53,8 @@ def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
     elif url.get_backend_name() == "postgresql":
         kwargs.setdefault("pool_size", 16)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it would add a round trip to every checkout on the per-batch path. A pooled
+    # connection that died is a transient error, which the executor and the runner retry.
     try:
         engine = create_engine(url, **kwargs)
     except NoSuchModuleError:

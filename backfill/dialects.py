@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, func, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from backfill.status import ErrorKind
 
@@ -60,6 +61,20 @@ def classify(exc: BaseException) -> ErrorKind:
     if type(orig).__name__ == "OperationalError" and "closed" in message:
         return ErrorKind.TRANSIENT
     return ErrorKind.PERMANENT
+
+
+def is_transient(exc: BaseException) -> bool:
+    return classify(exc) is ErrorKind.TRANSIENT
+
+
+def retry_transient(attempts: int = 8) -> Retrying:
+    """Retry a piece of bookkeeping through a lock conflict or a reconnect."""
+    return Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=0.05, max=5.0),
+        retry=retry_if_exception(is_transient),
+        reraise=True,
+    )
 
 
 def error_text(exc: BaseException, limit: int = 2000) -> str:

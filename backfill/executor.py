@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState
 
 from backfill import dialects
 from backfill.definition import Batch
@@ -94,13 +94,7 @@ class Executor:
             exc = state.outcome.exception() if state.outcome else None
             self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry")
 
-        retrying = Retrying(
-            stop=stop_after_attempt(tries),
-            wait=wait_random_exponential(multiplier=0.05, max=5.0),
-            retry=retry_if_exception(lambda e: dialects.classify(e) is ErrorKind.TRANSIENT),
-            before_sleep=note_retry,
-            reraise=True,
-        )
+        retrying = dialects.retry_transient(tries).copy(before_sleep=note_retry)
         try:
             for attempt in retrying:
                 with attempt:

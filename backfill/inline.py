@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from backfill.executor import Executor, Outcome, worker_is_gone
-from backfill.scheduler import Scheduler
+from backfill.dialects import retry_transient
+from backfill.executor import Executor, Outcome, Result, worker_is_gone
+from backfill.scheduler import Plan, Scheduler
 from backfill.status import RunStatus
 from backfill.store import Run, Store
 from backfill.target import Targets
 
 STALE_SWEEP_SECONDS = 5.0
+TICK_SECONDS = 0.5
+LOOKAHEAD_PER_THREAD = 4
 
 
 class InlineRunner:
@@ -45,26 +48,41 @@ class InlineRunner:
         the interrupt propagates.
         """
         threads = self.threads or run.tuning.parallelism
-        scheduler = Scheduler(self.store, self.targets, lookahead=threads)
+        scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads)
         executor = Executor(self.store, self.targets)
-        run = scheduler.activate(self.store.get_run(run.id))
-        scheduler.release_stale(run, worker_is_gone)
-        last_sweep = time.monotonic()
+
+        def tick(run: Run) -> Plan:
+            for attempt in retry_transient():
+                with attempt:
+                    return scheduler.tick(run)
+            raise AssertionError("unreachable")
+
+        for attempt in retry_transient():
+            with attempt:
+                run = scheduler.activate(self.store.get_run(run.id))
+                scheduler.release_stale(run, worker_is_gone)
         in_flight: dict[Future[Outcome], int] = {}
+        started: set[int] = set()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"backfill-{run.id}") as pool:
+
+            def start_planned(plan: Plan) -> int:
+                """Start planned batches on free threads; returns how many planned are left."""
+                waiting = [b for b in plan.pending if b.id not in started]
+                free = max(0, threads - len(in_flight))
+                for batch in waiting[:free]:
+                    started.add(batch.id)
+                    in_flight[pool.submit(executor.execute, plan.run, batch.id)] = batch.id
+                return max(0, len(waiting) - free)
+
             try:
+                plan = tick(run)
+                last_tick = last_sweep = time.monotonic()
                 while True:
-                    plan = scheduler.tick(run)
                     run = plan.run
                     self._report(run)
                     if plan.over or run.status is RunStatus.PAUSED:
                         break
-                    busy = set(in_flight.values())
-                    for batch in plan.pending:
-                        if len(in_flight) >= threads:
-                            break
-                        if batch.id not in busy:
-                            in_flight[pool.submit(executor.execute, run, batch.id)] = batch.id
+                    left = start_planned(plan)
                     if not in_flight:
                         # Open batches belong to another live process: wait for it.
                         time.sleep(self.poll_interval)
@@ -73,11 +91,21 @@ class InlineRunner:
                         for future in done:
                             del in_flight[future]
                             outcome = future.result()
+                            if outcome.result is not Result.SUCCEEDED:
+                                started.discard(outcome.batch_id)  # it may come back pending
+                                left = 0
                             if self.on_outcome is not None:
                                 self.on_outcome(outcome)
-                    if time.monotonic() - last_sweep > STALE_SWEEP_SECONDS:
+                        left = min(left, start_planned(plan))
+                    now = time.monotonic()
+                    if now - last_sweep > STALE_SWEEP_SECONDS:
                         scheduler.release_stale(run, worker_is_gone)
-                        last_sweep = time.monotonic()
+                        last_sweep = now
+                    # Re-plan when the planned batches run low, and at least every
+                    # TICK_SECONDS so a pause or cancel from elsewhere is seen promptly.
+                    if left <= threads or now - last_tick > TICK_SECONDS or not in_flight:
+                        plan = tick(run)
+                        last_tick = now
             finally:
                 for future in list(in_flight):
                     future.result()

@@ -57,40 +57,56 @@ def at_most(columns: Sequence[Column[Any]], end: Key | None) -> ColumnElement[bo
     return condition
 
 
-def next_span(
+def next_spans(
     connection: Connection,
     columns: Sequence[Column[Any]],
     *,
     cursor: Key | None,
     end: Key | None,
     size: int,
+    count: int = 1,
     where: ColumnElement[bool] | None = None,
-) -> Span | None:
-    """The next ``size`` keys after ``cursor``, up to ``end`` when there is one.
+) -> list[Span]:
+    """The next ``count`` batches of ``size`` keys after ``cursor``, up to ``end`` if given.
 
-    One round trip: the inner query reads at most ``size`` index entries in key order; window
-    functions over that small set give the first key, the last key and the count.
+    One round trip: the inner query walks the key index for at most ``size * count`` entries;
+    window functions number them, and only each batch's first and last key come back.
     """
-    conditions = [after(columns, cursor), at_most(columns, end)]
+    # The end bound stays out of the ordered scan: with a bound on both sides PostgreSQL may
+    # estimate the range as small and sort all of it instead of walking the index for a fixed
+    # number of entries. Past the end, at most one lookahead's worth of keys is read and dropped.
+    conditions = [after(columns, cursor)]
     if where is not None:
         conditions.append(where)
-    inner = select(*columns).where(and_(*conditions)).order_by(*columns).limit(size).subquery("batch_keys")
+    inner = select(*columns).where(and_(*conditions)).order_by(*columns).limit(size * count).subquery("batch_keys")
     keys = [inner.c[c.name] for c in columns]
-    numbered = select(
-        *keys,
-        func.row_number().over(order_by=keys).label("backfill_rn"),
-        func.count().over().label("backfill_n"),
-    ).subquery("numbered")
-    query = (
-        select(*[numbered.c[c.name] for c in columns], numbered.c.backfill_n)
-        .where(or_(numbered.c.backfill_rn == 1, numbered.c.backfill_rn == numbered.c.backfill_n))
-        .order_by(numbered.c.backfill_rn)
+    numbered = (
+        select(
+            *keys,
+            func.row_number().over(order_by=keys).label("backfill_rn"),
+            func.count().over().label("backfill_n"),
+        )
+        .where(at_most(keys, end))  # type: ignore[arg-type]
+        .subquery("numbered")
     )
-    rows = connection.execute(query).all()
-    if not rows:
-        return None
+    rn, n = numbered.c.backfill_rn, numbered.c.backfill_n
+    position = rn % size  # 1 on a batch's first key, 0 on its last
+    query = (
+        select(*[numbered.c[c.name] for c in columns], rn, n)
+        .where(or_(position == 1 % size, position == 0, rn == n))
+        .order_by(rn)
+    )
     width = len(columns)
-    return Span(first=tuple(rows[0][:width]), last=tuple(rows[-1][:width]), rows=int(rows[0][width]))
+    spans: list[Span] = []
+    first: Key | None = None
+    for row in connection.execute(query):
+        key, number, total = tuple(row[:width]), int(row[width]), int(row[width + 1])
+        if (number - 1) % size == 0:
+            first = key
+        if number % size == 0 or number == total:
+            assert first is not None
+            spans.append(Span(first=first, last=key, rows=number - (len(spans) * size)))
+    return spans
 
 
 def last_key(connection: Connection, columns: Sequence[Column[Any]]) -> Key | None:

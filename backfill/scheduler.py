@@ -68,46 +68,46 @@ class Scheduler:
         open_batches = self.store.open_batches(run.id)
         wanted = run.tuning.parallelism + self.lookahead
         while len(open_batches) < wanted and not run.planned_all:
-            planned = self._plan_one(run)
+            planned = self._plan(run, wanted - len(open_batches))
             if planned is None:
                 run = self.store.get_run(run.id)
                 if run.status is not RunStatus.RUNNING:
                     return Plan(run, tuple(open_batches))
                 continue
-            run, batch = planned
-            if batch is not None:
-                open_batches.append(batch)
+            run, new_batches = planned
+            open_batches.extend(new_batches)
         if run.planned_all and not open_batches:
             run = self._conclude(run)
             if run.status is RunStatus.RUNNING and not run.planned_all:
                 return self.tick(run)
         return Plan(run, tuple(open_batches))
 
-    def _plan_one(self, run: Run) -> tuple[Run, BatchRecord | None] | None:
-        """Plan the run's next batch; (run, None) when its phase has no keys left, or None when
+    def _plan(self, run: Run, count: int) -> tuple[Run, list[BatchRecord]] | None:
+        """Plan up to ``count`` batches; (run, []) once the phase has no keys left, or None when
         another planner changed the run first."""
         target = self.targets.get(run.name)
         catchup = run.phase is Phase.CATCHUP
         if not catchup and run.end_key is None:
-            span = None  # the table was empty at the start: everything belongs to the final pass
+            spans = []  # the table was empty at the start: everything belongs to the final pass
         else:
             with self.store.engine.connect() as connection:
-                span = keyset.next_span(
+                spans = keyset.next_spans(
                     connection,
                     target.key_columns,
                     cursor=target.decode(run.cursor),
                     end=None if catchup else target.decode(run.end_key),
                     size=run.tuning.batch_size,
+                    count=count,
                     where=target.definition.pending_clause(target.table) if catchup else None,
                 )
-        if span is None:
+        if not spans:
             if not self.store.mark_planned_all(run):
                 return None
-            return dataclasses.replace(run, planned_all=True), None
-        batch = self.store.record_batch(run, span)
-        if batch is None:
+            return dataclasses.replace(run, planned_all=True), []
+        batches = self.store.record_batches(run, spans)
+        if batches is None:
             return None
-        return dataclasses.replace(run, cursor=encode_key(span.last), next_seq=run.next_seq + 1), batch
+        return dataclasses.replace(run, cursor=encode_key(spans[-1].last), next_seq=run.next_seq + len(spans)), batches
 
     def _conclude(self, run: Run) -> Run:
         """Every planned batch of the phase is done: fail, start the final pass, or finish."""

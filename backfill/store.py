@@ -9,7 +9,7 @@ runner harmless.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -324,37 +324,62 @@ class Store:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def record_batch(self, run: Run, span: Span) -> BatchRecord | None:
-        """Add the next batch and move the cursor past it, in one transaction.
+    def record_batches(self, run: Run, spans: Sequence[Span]) -> list[BatchRecord] | None:
+        """Add the next batches and move the cursor past them, in one transaction.
 
         Guarded by ``next_seq``: if another planner moved the run on since ``run`` was read,
         nothing is written and None comes back, so batches never overlap.
         """
         now = utcnow()
+        rows: list[dict[str, Any]] = [
+            {
+                "run_id": run.id,
+                "seq": run.next_seq + i,
+                "phase": run.phase,
+                "first_key": encode_key(span.first),
+                "last_key": encode_key(span.last),
+                "rows": span.rows,
+                "status": BatchStatus.PENDING,
+                "attempts": 0,
+                "created_at": now,
+            }
+            for i, span in enumerate(spans)
+        ]
         with self.engine.begin() as conn:
             moved = conn.execute(
                 update(runs)
                 .where(runs.c.id == run.id, runs.c.next_seq == run.next_seq, runs.c.status == RunStatus.RUNNING)
-                .values(cursor=encode_key(span.last), next_seq=run.next_seq + 1, updated_at=now)
+                .values(cursor=encode_key(spans[-1].last), next_seq=run.next_seq + len(spans), updated_at=now)
             ).rowcount
             if not moved:
                 return None
-            batch_id = conn.execute(
-                batches.insert()
-                .values(
-                    run_id=run.id,
-                    seq=run.next_seq,
-                    phase=run.phase,
-                    first_key=encode_key(span.first),
-                    last_key=encode_key(span.last),
-                    rows=span.rows,
-                    status=BatchStatus.PENDING,
-                    attempts=0,
-                    created_at=now,
-                )
-                .returning(batches.c.id)
-            ).scalar_one()
-            return self._batch(conn, batch_id)
+            ids = (
+                conn.execute(batches.insert().returning(batches.c.id, sort_by_parameter_order=True), rows)
+                .scalars()
+                .all()
+            )
+        return [
+            BatchRecord(
+                id=batch_id,
+                run_id=run.id,
+                seq=row["seq"],
+                phase=run.phase,
+                first_key=row["first_key"],
+                last_key=row["last_key"],
+                rows=row["rows"],
+                status=BatchStatus.PENDING,
+                attempts=0,
+                rows_affected=None,
+                duration_ms=None,
+                worker=None,
+                lease_expires_at=None,
+                error=None,
+                created_at=now,
+                started_at=None,
+                finished_at=None,
+            )
+            for batch_id, row in zip(ids, rows, strict=True)
+        ]
 
     def mark_planned_all(self, run: Run) -> bool:
         with self.engine.begin() as conn:
@@ -413,20 +438,23 @@ class Store:
         token = secrets.token_hex(16)
         now = utcnow()
         run_is_running = exists().where(runs.c.id == batches.c.run_id, runs.c.status == RunStatus.RUNNING)
+        claim = (
+            update(batches)
+            .where(batches.c.id == batch_id, batches.c.status == BatchStatus.PENDING, run_is_running)
+            .values(
+                status=BatchStatus.RUNNING,
+                attempts=batches.c.attempts + 1,
+                worker=worker,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=now,
+            )
+        )
         with self.engine.begin() as conn:
-            claimed = conn.execute(
-                update(batches)
-                .where(batches.c.id == batch_id, batches.c.status == BatchStatus.PENDING, run_is_running)
-                .values(
-                    status=BatchStatus.RUNNING,
-                    attempts=batches.c.attempts + 1,
-                    worker=worker,
-                    lease_token=token,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    started_at=now,
-                )
-            ).rowcount
-            if not claimed:
+            if conn.dialect.update_returning:
+                row = conn.execute(claim.returning(*batches.c)).first()
+                return Claim(BatchRecord.from_row(row), token, worker) if row is not None else None
+            if not conn.execute(claim).rowcount:
                 return None
             return Claim(self._batch(conn, batch_id), token, worker)
 

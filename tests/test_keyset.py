@@ -1,0 +1,50 @@
+"""Batch boundaries read from the key index, checked against the keys themselves."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import MetaData, Table
+
+from backfill import keyset
+from tests.apps import counters
+from tests.conftest import Database
+
+
+def spans_of(db: Database, name: str, **kwargs: object) -> list[keyset.Span]:
+    table = Table(name, MetaData(), autoload_with=db.engine)
+    columns = [c for c in table.primary_key.columns]
+    with db.engine.connect() as connection:
+        return keyset.next_spans(connection, columns, **kwargs)  # type: ignore[arg-type]
+
+
+def expected(keys: list, size: int, count: int) -> list[keyset.Span]:  # type: ignore[type-arg]
+    chunks = [keys[i : i + size] for i in range(0, len(keys), size)][:count]
+    return [keyset.Span(first=c[0], last=c[-1], rows=len(c)) for c in chunks]
+
+
+@pytest.mark.parametrize(("size", "count"), [(1, 5), (2, 3), (7, 4), (10, 1), (1000, 2)])
+def test_spans_match_the_sorted_keys(db: Database, size: int, count: int) -> None:
+    ids = [3, 4, 9, 10, 11, 40, 41, 42, 100, 1000, 1001, 5000, 5002, 9999, 10_000]
+    counters.fill(db.engine, counters.items, ids)
+    keys = [(i,) for i in ids]
+    assert spans_of(db, "items", cursor=None, end=None, size=size, count=count) == expected(keys, size, count)
+    after_11 = [k for k in keys if k > (11,)]
+    assert spans_of(db, "items", cursor=(11,), end=None, size=size, count=count) == expected(after_11, size, count)
+    up_to_1000 = [k for k in after_11 if k <= (1000,)]
+    assert spans_of(db, "items", cursor=(11,), end=(1000,), size=size, count=count) == expected(up_to_1000, size, count)
+
+
+def test_composite_spans_compare_as_rows(db: Database) -> None:
+    keys = sorted((tenant, seq) for tenant in ("a", "b", "c") for seq in (1, 2, 10, 20))
+    counters.fill(db.engine, counters.items_composite, keys)
+    spans = spans_of(db, "items_composite", cursor=("a", 10), end=("c", 1), size=3, count=10)
+    remaining = [k for k in keys if ("a", 10) < k <= ("c", 1)]
+    assert remaining[0] == ("a", 20) and remaining[-1] == ("c", 1)
+    assert spans == expected(remaining, 3, 10)
+
+
+def test_no_keys_left(db: Database) -> None:
+    assert spans_of(db, "items", cursor=None, end=None, size=10, count=3) == []
+    counters.fill(db.engine, counters.items, [1, 2, 3])
+    assert spans_of(db, "items", cursor=(3,), end=None, size=10, count=3) == []
+    assert spans_of(db, "items", cursor=None, end=(0,), size=10, count=3) == []
