@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import URL, Engine
+from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from backfill.database import display_url, make_engine
@@ -24,11 +24,12 @@ from backfill.target import Targets
 
 
 class App:
-    def __init__(self, engine: Engine, definitions: Mapping[str, Backfill]) -> None:
-        self.engine = engine
+    def __init__(self, bind: Engine | Connection, definitions: Mapping[str, Backfill]) -> None:
+        """``bind`` is an engine, or one connection whose transaction everything joins (an
+        Alembic migration's)."""
         self.definitions = definitions if isinstance(definitions, Registry) else Registry(definitions)
-        self.store = Store(engine)
-        self.targets = Targets(engine, self.definitions)
+        self.store = Store(bind)
+        self.targets = Targets(bind, self.definitions)
 
     @classmethod
     def from_settings(cls, *, app: str | None, database_url: str | URL | None) -> App:

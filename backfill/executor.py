@@ -135,16 +135,22 @@ class Executor:
             rows=record.rows,
         )
         tuning = run.tuning
-        with self.store.engine.connect() as connection:
-            dialects.before_begin(connection, tuning.lock_timeout)
+        # On a borrowed connection (a migration), the migration's own time limits apply:
+        # SET LOCAL would outlive the batch's savepoint and bind the rest of the migration.
+        bounded = not self.store.borrowed
+        with self.store.connect() as connection:
+            if bounded:
+                dialects.before_begin(connection, tuning.lock_timeout)
             try:
-                with connection.begin():
+                with self.store.transaction(connection):
                     started = time.perf_counter()
-                    dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
+                    if bounded:
+                        dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
                     rows_affected = target.definition.run_work(connection, batch)
                     duration_ms = (time.perf_counter() - started) * 1000
                     if not self.store.complete(connection, claim, rows_affected=rows_affected, duration_ms=duration_ms):
                         raise _ClaimLost
             finally:
-                dialects.after_end(connection)
+                if bounded:
+                    dialects.after_end(connection)
         return rows_affected, duration_ms

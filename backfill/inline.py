@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 from backfill.dialects import retry_transient
 from backfill.executor import Executor, Outcome, Result, worker_is_gone
@@ -17,6 +19,8 @@ from backfill.scheduler import Plan, Scheduler
 from backfill.status import RunStatus
 from backfill.store import Run, Store
 from backfill.target import Targets
+
+T = TypeVar("T")
 
 STALE_SWEEP_SECONDS = 5.0
 TICK_SECONDS = 0.5
@@ -47,7 +51,7 @@ class InlineRunner:
         On KeyboardInterrupt no new batch starts; the ones in flight finish (or roll back), and
         the interrupt propagates.
         """
-        threads = self.threads or run.tuning.parallelism
+        threads = 1 if self.store.borrowed else self.threads or run.tuning.parallelism
         scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads)
         executor = Executor(self.store, self.targets)
 
@@ -63,7 +67,7 @@ class InlineRunner:
                 scheduler.release_stale(run, worker_is_gone)
         in_flight: dict[Future[Outcome], int] = {}
         started: set[int] = set()
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"backfill-{run.id}") as pool:
+        with self._pool(threads, run) as pool:
 
             def start_planned(plan: Plan) -> int:
                 """Start planned batches on free threads; returns how many planned are left."""
@@ -113,6 +117,24 @@ class InlineRunner:
         self._report(run)
         return run
 
+    def _pool(self, threads: int, run: Run) -> futures.Executor:
+        if self.store.borrowed:
+            # One borrowed connection cannot serve two threads: run each batch in this one.
+            return _InThisThread()
+        return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"backfill-{run.id}")
+
     def _report(self, run: Run) -> None:
         if self.on_progress is not None:
             self.on_progress(run)
+
+
+class _InThisThread(futures.Executor):
+    """Runs each submitted call at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future

@@ -50,7 +50,7 @@ class Scheduler:
         if run.status is not RunStatus.PENDING:
             return run
         target = self.targets.get(run.name)
-        with self.store.engine.connect() as connection:
+        with self.store.connect() as connection:
             end = keyset.last_key(connection, target.key_columns)
             total, estimated = dialects.estimate_rows(connection, target.table)
         return self.store.activate(run, end=end, rows_total=total, estimated=estimated) or self.store.get_run(run.id)
@@ -90,7 +90,7 @@ class Scheduler:
         if not catchup and run.end_key is None:
             spans = []  # the table was empty at the start: everything belongs to the final pass
         else:
-            with self.store.engine.connect() as connection:
+            with self.store.connect() as connection:
                 spans = keyset.next_spans(
                     connection,
                     target.key_columns,

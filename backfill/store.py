@@ -9,7 +9,8 @@ runner harmless.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -147,19 +148,49 @@ class Claim:
 
 
 class Store:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """The checkpoint tables, through an engine or through one borrowed connection.
+
+    Given a connection (a migration finalizing a backfill inline), every transition runs on it
+    inside a savepoint, so the whole run commits or rolls back with the migration, and sees the
+    schema changes the migration has made but not yet committed.
+    """
+
+    def __init__(self, bind: Engine | Connection) -> None:
+        self.bind = bind
+        self.engine = bind if isinstance(bind, Engine) else bind.engine
+
+    @property
+    def borrowed(self) -> bool:
+        return isinstance(self.bind, Connection)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads (and for a batch's own transaction)."""
+        if isinstance(self.bind, Connection):
+            yield self.bind
+        else:
+            with self.bind.connect() as connection:
+                yield connection
+
+    def transaction(self, connection: Connection) -> AbstractContextManager[Any]:
+        """A transaction on ``connection``: a savepoint when the connection is borrowed."""
+        return connection.begin_nested() if self.borrowed else connection.begin()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.connect() as connection, self.transaction(connection):
+            yield connection
 
     # -- schema -------------------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        tables.metadata.create_all(self.engine)
+        tables.metadata.create_all(self.bind)
 
     def drop_tables(self) -> None:
-        tables.metadata.drop_all(self.engine)
+        tables.metadata.drop_all(self.bind)
 
     def check_tables(self) -> None:
-        inspector = inspect(self.engine)
+        inspector = inspect(self.bind)
         if not all(inspector.has_table(t.name) for t in tables.metadata.sorted_tables):
             raise StoreMissingError(
                 "the checkpoint tables (backfill_runs, backfill_batches) do not exist in this "
@@ -232,19 +263,19 @@ class Store:
         if latest_only:
             newest = select(func.max(runs.c.id)).group_by(runs.c.name).scalar_subquery()
             query = query.where(runs.c.id.in_(newest))
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [Run.from_row(r) for r in conn.execute(query)]
 
     def runnable_runs(self) -> list[Run]:
         """Runs a scheduler should look after: queued or running."""
         query = select(runs).where(runs.c.status.in_([RunStatus.PENDING, RunStatus.RUNNING])).order_by(runs.c.id)
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [Run.from_row(r) for r in conn.execute(query)]
 
     def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
         """pending -> running, fixing the run's end; None if another process got there first."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run.id, runs.c.status == RunStatus.PENDING)
@@ -275,7 +306,7 @@ class Store:
             values["active_name"] = None
         if error is not None:
             values["last_error"] = error
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             changed = conn.execute(
                 update(runs).where(runs.c.id == run_id, runs.c.status.in_(list(allowed_from))).values(values)
             ).rowcount
@@ -284,7 +315,7 @@ class Store:
     def finish(self, run: Run) -> Run | None:
         """running -> finished once every row is accounted for; the total becomes exact."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             changed = conn.execute(
                 update(runs)
                 .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING)
@@ -302,7 +333,7 @@ class Store:
     def reopen_failed(self, run: Run) -> tuple[Run, int]:
         """Re-queue the failed batches of a run and make it running again (``backfill retry``)."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             requeued = conn.execute(
                 update(batches)
                 .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED)
@@ -345,7 +376,7 @@ class Store:
             }
             for i, span in enumerate(spans)
         ]
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             moved = conn.execute(
                 update(runs)
                 .where(runs.c.id == run.id, runs.c.next_seq == run.next_seq, runs.c.status == RunStatus.RUNNING)
@@ -382,7 +413,7 @@ class Store:
         ]
 
     def mark_planned_all(self, run: Run) -> bool:
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return bool(
                 conn.execute(
                     update(runs)
@@ -392,7 +423,7 @@ class Store:
             )
 
     def start_catchup(self, run: Run, cursor: Key | None) -> bool:
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return bool(
                 conn.execute(
                     update(runs)
@@ -404,7 +435,7 @@ class Store:
     # -- batches ------------------------------------------------------------------------------
 
     def batch_counts(self, run_id: int) -> dict[BatchStatus, int]:
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             rows = conn.execute(
                 select(batches.c.status, func.count()).where(batches.c.run_id == run_id).group_by(batches.c.status)
             ).all()
@@ -419,14 +450,14 @@ class Store:
             .where(batches.c.run_id == run_id, batches.c.status.in_([BatchStatus.PENDING, BatchStatus.RUNNING]))
             .order_by(batches.c.seq)
         )
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [BatchRecord.from_row(r) for r in conn.execute(query)]
 
     def batches_of(self, run_id: int, status: BatchStatus | None = None) -> list[BatchRecord]:
         query = select(batches).where(batches.c.run_id == run_id).order_by(batches.c.seq)
         if status is not None:
             query = query.where(batches.c.status == status)
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return [BatchRecord.from_row(r) for r in conn.execute(query)]
 
     def claim(self, batch_id: int, worker: str, lease_seconds: float) -> Claim | None:
@@ -450,7 +481,7 @@ class Store:
                 started_at=now,
             )
         )
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             if conn.dialect.update_returning:
                 row = conn.execute(claim.returning(*batches.c)).first()
                 return Claim(BatchRecord.from_row(row), token, worker) if row is not None else None
@@ -498,7 +529,7 @@ class Store:
 
     def record_retry(self, claim: Claim, error: str) -> bool:
         """Count one more attempt of a claimed batch after a transient error."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return bool(
                 conn.execute(
                     update(batches)
@@ -510,7 +541,7 @@ class Store:
     def fail(self, claim: Claim, error: str) -> bool:
         """running -> failed, with the error kept on the batch and on its run."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             failed = conn.execute(
                 update(batches)
                 .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
@@ -535,7 +566,7 @@ class Store:
         that kills its worker every time must not loop forever.
         """
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             running = conn.execute(
                 select(batches.c.id, batches.c.worker, batches.c.lease_expires_at, batches.c.attempts).where(
                     batches.c.run_id == run.id, batches.c.status == BatchStatus.RUNNING
@@ -570,7 +601,7 @@ class Store:
             return len(stale)
 
     def recent_rows(self, run_id: int, since: datetime) -> int:
-        with self.engine.connect() as conn:
+        with self.connect() as conn:
             return int(
                 conn.execute(
                     select(func.coalesce(func.sum(batches.c.rows), 0)).where(
@@ -589,7 +620,7 @@ class Store:
         """Use the caller's connection and transaction (a migration's), or a fresh one."""
         if connection is not None:
             return _Borrowed(connection)
-        return self.engine.begin()
+        return self.begin()
 
     @staticmethod
     def _run(conn: Connection, run_id: int) -> Run:

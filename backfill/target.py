@@ -108,8 +108,8 @@ class Targets:
     Reflection costs several catalog queries: the per-batch path must not pay it.
     """
 
-    def __init__(self, engine: Engine, definitions: Mapping[str, Backfill]) -> None:
-        self.engine = engine
+    def __init__(self, bind: Engine | Connection, definitions: Mapping[str, Backfill]) -> None:
+        self.bind = bind
         self.definitions = definitions
         self._resolved: dict[str, Target] = {}
         self._lock = threading.Lock()
@@ -120,7 +120,10 @@ class Targets:
             with self._lock:
                 target = self._resolved.get(name)
                 if target is None:
-                    with self.engine.connect() as connection:
-                        target = resolve(connection, self.definitions[name])
+                    if isinstance(self.bind, Connection):
+                        target = resolve(self.bind, self.definitions[name])
+                    else:
+                        with self.bind.connect() as connection:
+                            target = resolve(connection, self.definitions[name])
                     self._resolved[name] = target
         return target

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from backfill import BatchStatus, Phase, RunStatus
+from backfill import App, BatchStatus, Phase, RunStatus
 from backfill.executor import Executor, Result
 from backfill.scheduler import Scheduler
 from tests.apps import counters
@@ -194,3 +194,21 @@ def test_a_worker_that_lost_its_claim_cannot_commit(db: Database) -> None:
         assert not app.store.complete(connection, slow_claim, rows_affected=50, duration_ms=1.0)
         connection.rollback()
     assert counter_histogram(db, items) == {1: 50, 0: 50}
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_a_run_joins_the_transaction_of_a_borrowed_connection(db: Database, outcome: str) -> None:
+    """How a migration finalizes a backfill inline: the run commits or rolls back with it."""
+    counters.fill(db.engine, items, list(range(1, 301)))
+    with db.engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(update(items).where(items.c.id > 290).values(done=1))  # uncommitted, yet seen
+        run = App(connection, db.app().definitions).run("counter_pending")
+        assert run.status is RunStatus.FINISHED and run.rows_done == 300
+        getattr(transaction, outcome)()
+    if outcome == "commit":
+        assert counter_histogram(db, items) == {1: 290, 0: 10}
+        assert db.scalar("SELECT count(*) FROM backfill_runs WHERE status = 'finished'") == 1
+    else:
+        assert counter_histogram(db, items) == {0: 300}
+        assert db.scalar("SELECT count(*) FROM backfill_runs") == 0
