@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Insert, exists, select, update
+from sqlalchemy import Connection, Insert, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import insert
 
-from backfill import Batch, define
+from backfill import Backfill, Batch, Tuning, define
 from example_app.models import players, teams
 
 
@@ -48,3 +48,21 @@ def players_team_id(connection: Connection, batch: Batch) -> int:
         .values(team_id=team_id)
     )
     return result.rowcount
+
+
+players_team_name = Backfill(
+    name="players_team_name",
+    table="players",
+    key="id",
+    pending="team IS NULL AND team_id IS NOT NULL",
+    work=update(players)
+    .where(
+        players.c.id.between(bindparam("first"), bindparam("last")),
+        players.c.team.is_(None),
+        players.c.team_id.is_not(None),
+    )
+    .values(team=select(teams.c.name).where(teams.c.id == players.c.team_id).scalar_subquery()),
+    columns="team",
+    tuning=Tuning(batch_size=5000),
+    description="The reverse of players_team_id: players.team from teams.name (the downgrade of dropping it).",
+)

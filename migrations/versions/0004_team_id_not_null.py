@@ -1,0 +1,32 @@
+"""players.team_id NOT NULL, once the backfill has filled it
+
+Deploy N+1. If the backfill is not finished, ensure_backfill_finished runs what is left inline,
+inside this migration (fine for a small table, slow and lock-holding on a large one); with
+``alembic -x finalize=false upgrade ...`` it fails instead, naming the command that finishes it.
+
+Revision ID: 0004_team_id_not_null
+Revises: 0003_teams
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context, op
+
+import backfill.alembic_ops  # noqa: F401  (registers the op.* backfill operations)
+
+revision = "0004_team_id_not_null"
+down_revision = "0003_teams"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    finalize = context.get_x_argument(as_dictionary=True).get("finalize", "true").lower() != "false"
+    op.ensure_backfill_finished("players_team_id", finalize=finalize)
+    op.add_not_null("players", "team_id")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("players") as batch:
+        batch.alter_column("team_id", existing_type=sa.Integer, nullable=True)
