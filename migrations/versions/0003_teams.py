@@ -27,6 +27,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("name", sa.String(100), nullable=False, unique=True),
     )
+    # SQLite cannot add a foreign key to an existing table: batch mode copies the table there
+    # (and so needs a live database: no --sql on SQLite); elsewhere these are two ALTERs.
     with op.batch_alter_table("players") as batch:
         batch.add_column(sa.Column("team_id", sa.Integer, nullable=True))
         batch.create_foreign_key("fk_players_team_id_teams", "teams", ["team_id"], ["id"])
