@@ -53,7 +53,7 @@ def players_team_id(connection: Connection, batch: Batch) -> int:
 players_team_name = Backfill(
     name="players_team_name",
     table="players",
-    key="id",
+    key=("id",),
     pending="team IS NULL AND team_id IS NOT NULL",
     work=update(players)
     .where(
@@ -62,7 +62,7 @@ players_team_name = Backfill(
         players.c.team_id.is_not(None),
     )
     .values(team=select(teams.c.name).where(teams.c.id == players.c.team_id).scalar_subquery()),
-    columns="team",
+    columns=("team",),
     tuning=Tuning(batch_size=5000),
     description="The reverse of players_team_id: players.team from teams.name (the downgrade of dropping it).",
 )
