@@ -59,8 +59,16 @@ class App:
         tuning = definition.tuning.replace(overrides)
         self.store.check_tables()
         self.targets.get(name)
+        scheduler = Scheduler(self.store, self.targets)
+        busy = scheduler.conflicting(name, self.store.active_runs_on(definition.table, definition.schema))
+        if busy is not None:
+            raise RunStateError(
+                f"backfill '{busy.name}' (run {busy.id}, {busy.status}) is working on table '{definition.table}', "
+                f"and '{name}' may not run beside it: wait for it (`backfill status {busy.name}`), "
+                "or mark both definitions exclusive=False"
+            )
         run = self.store.create_run(definition, tuning)
-        return Scheduler(self.store, self.targets).activate(run)
+        return scheduler.activate(run)
 
     def run(
         self,

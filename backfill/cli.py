@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -213,3 +215,45 @@ def retry(ctx: click.Context, name: str) -> None:
         f"{name}: {requeued} failed batch(es) re-queued; run {run.id} is {run.status} "
         f"(workers pick it up, or `backfill run {name}` runs it here)"
     )
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--concurrency", type=click.IntRange(min=1), help="Worker processes (default: one per core).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@fail_cleanly
+def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker that runs batches (extra arguments go to Celery)."""
+    _export(ctx)
+    from workers.app import celery_app, settings
+
+    argv = ["worker", f"--loglevel={loglevel}", "--queues", settings.queue]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    celery_app.worker_main([*argv, *celery_args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False), help="Beat's schedule file.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+@fail_cleanly
+def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start the periodic tick (Celery beat) that plans and sends batches for every run."""
+    _export(ctx)
+    from workers.app import celery_app
+
+    schedule = schedule_file or os.path.join(tempfile.gettempdir(), "backfill-beat-schedule")
+    celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
+
+
+def _export(ctx: click.Context) -> None:
+    """Workers read their settings from the environment: hand them the CLI's options, after
+    checking that the definitions load and the database answers."""
+    _app(ctx).store.check_tables()
+    if ctx.obj["app"]:
+        os.environ[APP_ENV] = ctx.obj["app"]
+    if ctx.obj["database_url"]:
+        os.environ[DATABASE_URL_ENV] = ctx.obj["database_url"]

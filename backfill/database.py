@@ -26,6 +26,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def parse_url(raw: str | URL | None) -> URL:
     """Parse a URL from the option or the environment; bare ``postgresql://`` means psycopg 3."""
+    if raw is None:
+        raw = os.environ.get(DATABASE_URL_ENV)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise ConfigurationError(
             f"no database URL: pass --database-url or set {DATABASE_URL_ENV} "
@@ -71,10 +73,6 @@ def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
     return engine
-
-
-def engine_from_env(raw: str | None = None) -> Engine:
-    return make_engine(raw or os.environ.get(DATABASE_URL_ENV))
 
 
 def _configure_sqlite(engine: Engine) -> None:

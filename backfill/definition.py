@@ -124,6 +124,10 @@ class Backfill:
 
     ``columns`` names the columns the work fills: checked to exist at start, and used to name
     the backfill when a NOT NULL check on one of them fails.
+
+    ``exclusive`` backfills have their table to themselves: another run on the same table waits
+    (when queued) or is refused (when started by hand) until it is over. Two backfills run on one
+    table together only when neither is exclusive.
     """
 
     name: str
@@ -135,6 +139,7 @@ class Backfill:
     schema: str | None = None
     tuning: Tuning = field(default_factory=Tuning)
     description: str = ""
+    exclusive: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -184,6 +189,7 @@ def define(
     columns: str | tuple[str, ...] = (),
     schema: str | None = None,
     description: str = "",
+    exclusive: bool = True,
     **tuning: Any,
 ) -> Callable[[WorkFunction], Backfill]:
     """Decorator form for Python work: the function becomes the backfill (named after it unless
@@ -200,6 +206,7 @@ def define(
             schema=schema,
             tuning=Tuning().replace(tuning),
             description=description,
+            exclusive=exclusive,
         )
 
     return decorate

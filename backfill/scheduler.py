@@ -9,7 +9,7 @@ whose messages or workers were all lost is planned again from the database alone
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from backfill import dialects, keyset
@@ -49,11 +49,26 @@ class Scheduler:
         """
         if run.status is not RunStatus.PENDING:
             return run
+        earlier = [r for r in self.store.active_runs_on(run.table_name, run.schema_name) if r.id < run.id]
+        if self.conflicting(run.name, earlier) is not None:
+            return run  # queued behind a run that needs the table to itself
         target = self.targets.get(run.name)
         with self.store.connect() as connection:
             end = keyset.last_key(connection, target.key_columns)
             total, estimated = dialects.estimate_rows(connection, target.table)
         return self.store.activate(run, end=end, rows_total=total, estimated=estimated) or self.store.get_run(run.id)
+
+    def conflicting(self, name: str, others: Iterable[Run]) -> Run | None:
+        """The first of ``others`` that may not run beside backfill ``name`` on its table."""
+
+        def exclusive(run_name: str) -> bool:
+            definition = self.targets.definitions.get(run_name)
+            return definition is None or definition.exclusive
+
+        for other in others:
+            if other.name != name and (exclusive(name) or exclusive(other.name)):
+                return other
+        return None
 
     def release_stale(self, run: Run, is_abandoned: Callable[[str], bool] | None = None) -> int:
         return self.store.release_stale(run, is_abandoned=is_abandoned)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, inspect, select, update
+from sqlalchemy import Connection, Engine, Row, and_, exists, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backfill import tables
@@ -109,6 +109,7 @@ class BatchRecord:
     duration_ms: float | None
     worker: str | None
     lease_expires_at: datetime | None
+    dispatched_at: datetime | None
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -131,6 +132,7 @@ class BatchRecord:
             duration_ms=m["duration_ms"],
             worker=m["worker"],
             lease_expires_at=m["lease_expires_at"],
+            dispatched_at=m["dispatched_at"],
             error=m["error"],
             created_at=m["created_at"],
             started_at=m["started_at"],
@@ -337,7 +339,7 @@ class Store:
             requeued = conn.execute(
                 update(batches)
                 .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED)
-                .values(status=BatchStatus.PENDING, attempts=0, lease_token=None, finished_at=None)
+                .values(status=BatchStatus.PENDING, attempts=0, lease_token=None, dispatched_at=None, finished_at=None)
             ).rowcount
             values: dict[str, Any] = {
                 "batches_failed": runs.c.batches_failed - requeued,
@@ -404,6 +406,7 @@ class Store:
                 duration_ms=None,
                 worker=None,
                 lease_expires_at=None,
+                dispatched_at=None,
                 error=None,
                 created_at=now,
                 started_at=None,
@@ -588,6 +591,7 @@ class Store:
                         status=BatchStatus.FAILED if give_up else BatchStatus.PENDING,
                         lease_token=None,
                         lease_expires_at=None,
+                        dispatched_at=None,
                         error=error,
                         finished_at=now if give_up else None,
                     )
@@ -599,6 +603,40 @@ class Store:
                         .values(batches_failed=runs.c.batches_failed + 1, last_error=error, updated_at=now)
                     )
             return len(stale)
+
+    def get_batch(self, batch_id: int) -> BatchRecord | None:
+        with self.connect() as conn:
+            row = conn.execute(select(batches).where(batches.c.id == batch_id)).first()
+            return BatchRecord.from_row(row) if row is not None else None
+
+    def mark_dispatched(self, batch_id: int, *, unless_since: datetime) -> bool:
+        """Record that a message for a pending batch is being sent; False when another
+        dispatcher sent one after ``unless_since`` (so only one of them sends)."""
+        with self.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(batches)
+                    .where(
+                        batches.c.id == batch_id,
+                        batches.c.status == BatchStatus.PENDING,
+                        or_(batches.c.dispatched_at.is_(None), batches.c.dispatched_at < unless_since),
+                    )
+                    .values(dispatched_at=utcnow())
+                ).rowcount
+            )
+
+    def unmark_dispatched(self, batch_id: int) -> None:
+        with self.begin() as conn:
+            conn.execute(update(batches).where(batches.c.id == batch_id).values(dispatched_at=None))
+
+    def active_runs_on(self, table_name: str, schema_name: str | None) -> list[Run]:
+        query = select(runs).where(
+            runs.c.active_name.is_not(None),
+            runs.c.table_name == table_name,
+            runs.c.schema_name.is_(None) if schema_name is None else runs.c.schema_name == schema_name,
+        )
+        with self.connect() as conn:
+            return [Run.from_row(r) for r in conn.execute(query.order_by(runs.c.id))]
 
     def recent_rows(self, run_id: int, since: datetime) -> int:
         with self.connect() as conn:

@@ -79,6 +79,9 @@ batches = Table(
     Column("worker", String(255)),
     Column("lease_token", String(32)),
     Column("lease_expires_at", DateTime),
+    # When a message for this batch last went to the broker: a pending batch whose message is
+    # older than the redispatch delay is sent again (the message may have been lost).
+    Column("dispatched_at", DateTime),
     Column("error", Text),
     Column("created_at", DateTime, nullable=False),
     Column("started_at", DateTime),

@@ -184,3 +184,14 @@ bad_pending = Backfill(name="bad_pending", table="items", key="id", pending="no_
 
 def uuids(n: int) -> list[uuid.UUID]:
     return [uuid.uuid4() for _ in range(n)]
+
+
+@define(table="items", key="id", batch_size=25, parallelism=2, lock_timeout=0.3)
+def counter_sleepy(connection: Connection, batch: Batch) -> int:
+    """Batches that hold their transaction open a while, so a test can hurt a worker mid-batch."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_sleep(0.4)"))
+    else:
+        time.sleep(0.4)
+    return result.rowcount

@@ -1,0 +1,193 @@
+"""Celery delivery with real Redis, real PostgreSQL and real worker processes — and the faults it
+must survive. Every test ends with the check on the data: a counter at exactly 1 on every row,
+the run finished, no failed batch."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from backfill import BatchStatus, RunStatus
+from backfill.store import Run, utcnow
+from tests.apps import counters
+from tests.apps.counters import items
+from tests.conftest import Database, service_missing
+from tests.test_engine import counter_histogram
+from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
+
+pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def cluster(db: Database, tmp_path: Path) -> Iterator[Cluster]:
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", REDIS_START, exc)
+    cluster = Cluster(db, tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def wait_for_run(db: Database, name: str, *, until: str = "over", timeout: float = 120) -> Run:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = db.app().store.latest_run(name)
+        if run is not None and (run.status.is_over if until == "over" else run.batches_done >= int(until)):
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run of {name} not there in {timeout}s: {db.app().store.latest_run(name)}")
+
+
+def assert_clean_finish(db: Database, name: str, rows: int) -> Run:
+    run = wait_for_run(db, name)
+    assert run.status is RunStatus.FINISHED, run.last_error
+    assert counter_histogram(db, items) == {1: rows}
+    assert run.batches_failed == 0 and run.rows_done == rows
+    assert not db.app().store.batches_of(run.id, BatchStatus.FAILED)
+    return run
+
+
+def test_workers_run_a_started_backfill_in_parallel(db: Database, cluster: Cluster) -> None:
+    counters.fill(db.engine, items, list(range(1, 1001)))
+    cluster.start_worker("w1", concurrency=2)
+    cluster.start_worker("w2", concurrency=2)
+    cluster.start_scheduler()
+    assert db.cli("start", "counter_int", "--parallelism", "4").returncode == 0
+    run = assert_clean_finish(db, "counter_int", 1000)
+    batches = db.app().store.batches_of(run.id)
+    assert len(batches) == 20
+    # Ranges never overlap: each batch starts after the previous one ended.
+    for before, after in itertools.pairwise(batches):
+        assert after.first_key > before.last_key
+    processes = {b.worker.split(":")[1] for b in batches if b.worker}
+    assert len(processes) >= 2, "batches ran in one process only"
+
+
+def test_a_worker_killed_mid_batch(db: Database, cluster: Cluster) -> None:
+    counters.fill(db.engine, items, list(range(1, 501)))
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    cluster.start_scheduler()
+    assert db.cli("start", "counter_sleepy").returncode == 0
+    store = db.app().store
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        run = store.latest_run("counter_sleepy")
+        running = [b for b in store.batches_of(run.id, BatchStatus.RUNNING)] if run else []
+        victim = running[0] if running and run and run.batches_done >= 2 else None
+        time.sleep(0.05)
+    assert victim is not None and victim.worker is not None
+    os.kill(int(victim.worker.split(":")[1]), signal.SIGKILL)
+
+    run = assert_clean_finish(db, "counter_sleepy", 500)
+    again = next(b for b in store.batches_of(run.id) if b.id == victim.id)
+    assert again.attempts >= 2 and again.status is BatchStatus.SUCCEEDED
+
+
+def test_every_message_lost_mid_run(db: Database, cluster: Cluster) -> None:
+    counters.fill(db.engine, items, list(range(1, 501)))
+    cluster.start_worker("w1")
+    cluster.start_scheduler()
+    assert db.cli("start", "counter_sleepy", "--parallelism", "4").returncode == 0
+    wait_for_run(db, "counter_sleepy", until="3")
+    lost_at: datetime = utcnow()
+    assert cluster.lose_every_message() > 0
+
+    run = assert_clean_finish(db, "counter_sleepy", 500)
+    resent = [
+        b
+        for b in db.app().store.batches_of(run.id)
+        if b.created_at < lost_at and b.started_at is not None and b.started_at > lost_at
+    ]
+    assert resent, "no batch queued before the loss ran after it"
+
+
+def test_a_worker_connection_killed_mid_batch(db: Database, cluster: Cluster) -> None:
+    counters.fill(db.engine, items, list(range(1, 301)))
+    cluster.start_worker("w1", concurrency=2)
+    cluster.start_scheduler()
+    assert db.cli("start", "counter_sleepy").returncode == 0
+    wait_for_run(db, "counter_sleepy", until="2")
+    deadline = time.monotonic() + 30
+    killed = 0
+    while not killed and time.monotonic() < deadline:
+        killed = db.scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+        )  # type: ignore[assignment]
+        time.sleep(0.05)
+    assert killed
+
+    run = assert_clean_finish(db, "counter_sleepy", 300)
+    retried = [b for b in db.app().store.batches_of(run.id) if b.attempts >= 2]
+    assert retried, "no batch was retried after its connection was killed"
+
+
+def test_an_application_lock_longer_than_the_lock_timeout(db: Database, cluster: Cluster) -> None:
+    """An application transaction holds row 120 far longer than the batch's lock timeout, while
+    the application's other traffic writes rows 101..119 one at a time. The batch covering them
+    backs off and retries; the traffic waits on it at most the lock timeout."""
+    counters.fill(db.engine, items, list(range(1, 301)))
+    lock_timeout = 0.3
+    waits: list[float] = []
+    held, released = threading.Event(), threading.Event()
+
+    def blocked_batch_retried() -> bool:
+        return bool(
+            db.scalar("SELECT count(*) FROM backfill_batches WHERE CAST(first_key AS TEXT) = '[101]' AND attempts >= 3")
+        )
+
+    def long_transaction() -> None:
+        with db.engine.connect() as connection, connection.begin():
+            connection.execute(text("SELECT id FROM items WHERE id = 120 FOR UPDATE"))
+            held.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not blocked_batch_retried():
+                time.sleep(0.05)
+        released.set()
+
+    def traffic() -> None:
+        with db.engine.connect() as connection:
+            row = 101
+            while not released.is_set():
+                started = time.monotonic()
+                with connection.begin():
+                    # Takes the row lock an UPDATE takes, without moving the row in the heap:
+                    # the batch meets row 120 after rows 101..119, as their order stays put.
+                    connection.execute(text("SELECT id FROM items WHERE id = :id FOR UPDATE"), {"id": row})
+                waits.append(time.monotonic() - started)
+                row = 101 if row >= 119 else row + 1
+                time.sleep(0.005)
+
+    cluster.start_worker("w1")
+    cluster.start_scheduler()
+    holder, writer = threading.Thread(target=long_transaction), threading.Thread(target=traffic)
+    holder.start()
+    held.wait(10)
+    writer.start()
+    assert (
+        db.cli("start", "counter_sleepy", "--lock-timeout", str(lock_timeout), "--max-attempts", "50").returncode == 0
+    )
+    holder.join()
+    writer.join()
+
+    run = assert_clean_finish(db, "counter_sleepy", 300)
+    blocked = next(b for b in db.app().store.batches_of(run.id) if b.first_key == [101])
+    assert blocked.attempts >= 3
+    print(f"application traffic's longest wait: {max(waits) * 1000:.0f} ms over {len(waits)} writes")
+    assert max(waits) > 0.05, "the traffic never met the batch: the test did not test anything"
+    assert max(waits) < lock_timeout + 0.25

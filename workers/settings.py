@@ -1,0 +1,62 @@
+"""Worker settings, all from the environment, so one image serves every deployment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "backfill"
+    key_prefix: str = ""
+    """Prefix for every Redis key the broker uses, so several deployments can share one Redis."""
+    tick_seconds: float = 5.0
+    """How often the scheduler (Celery beat) sends the tick that plans and re-sends batches."""
+    redispatch_seconds: float = 60.0
+    """A pending batch whose message is older than this is sent again (the message may be lost)."""
+    visibility_timeout: float = 3600.0
+    """Redis hands an unacknowledged message to another worker after this long: far longer than
+    any batch (statement timeout x attempts), so a live worker's batch is never re-delivered."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        def number(name: str, default: float) -> float:
+            return float(env[name]) if env.get(name) else default
+
+        defaults = cls()
+        return cls(
+            broker_url=env.get("BACKFILL_BROKER_URL") or defaults.broker_url,
+            queue=env.get("BACKFILL_QUEUE") or defaults.queue,
+            key_prefix=env.get("BACKFILL_REDIS_PREFIX", defaults.key_prefix),
+            tick_seconds=number("BACKFILL_TICK_SECONDS", defaults.tick_seconds),
+            redispatch_seconds=number("BACKFILL_REDISPATCH_SECONDS", defaults.redispatch_seconds),
+            visibility_timeout=number("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
+        )
+
+    def celery_config(self) -> dict[str, Any]:
+        transport: dict[str, Any] = {"visibility_timeout": self.visibility_timeout}
+        if self.key_prefix:
+            transport["global_keyprefix"] = self.key_prefix
+        return {
+            "broker_url": self.broker_url,
+            "broker_transport_options": transport,
+            "broker_connection_retry_on_startup": True,
+            # At-least-once delivery; the claim in the store makes the effect exactly-once.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "task_default_queue": self.queue,
+            "task_ignore_result": True,
+            "beat_schedule": {
+                "backfill-tick": {
+                    "task": "backfill.tick",
+                    "schedule": self.tick_seconds,
+                    # A tick that waited longer than the next one is worthless.
+                    "options": {"expires": max(1.0, self.tick_seconds)},
+                }
+            },
+        }

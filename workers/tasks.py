@@ -1,0 +1,17 @@
+"""The Celery tasks: each parses its message and calls one library function."""
+
+from __future__ import annotations
+
+from workers.app import celery_app, dispatcher
+
+
+@celery_app.task(name="backfill.tick")
+def tick() -> int:
+    """Plan and send batches for every queued or running run (sent by beat)."""
+    return dispatcher().tick()
+
+
+@celery_app.task(name="backfill.execute_batch")
+def execute_batch(batch_id: int) -> str:
+    """Run one batch, then send the run's next batches."""
+    return dispatcher().execute(batch_id).result.value
