@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from backfill import App, BatchStatus, Phase, RunStatus
+from backfill.errors import RunStateError
 from backfill.executor import Executor, Result
 from backfill.scheduler import Scheduler
 from tests.apps import counters
@@ -212,3 +213,22 @@ def test_a_run_joins_the_transaction_of_a_borrowed_connection(db: Database, outc
     else:
         assert counter_histogram(db, items) == {0: 300}
         assert db.scalar("SELECT count(*) FROM backfill_runs") == 0
+
+
+def test_runs_share_a_table_only_when_both_definitions_allow_it(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 11)))
+    app = db.app()
+    first = app.start("counter_int")
+    with pytest.raises(RunStateError, match=r"'counter_int' .* is working on table 'items'"):
+        app.start("shared_a")
+    # Queued (as a migration queues it), it waits for the table instead.
+    queued = app.store.create_run(app.definitions["counter_pending"], app.definitions["counter_pending"].tuning)
+    scheduler = Scheduler(app.store, app.targets)
+    assert scheduler.activate(queued).status is RunStatus.PENDING
+    app.cancel("counter_int")
+    assert scheduler.activate(queued).status is RunStatus.RUNNING
+    assert first.status is RunStatus.RUNNING
+    app.cancel("counter_pending")
+
+    assert app.start("shared_a").status is RunStatus.RUNNING
+    assert app.start("shared_b").status is RunStatus.RUNNING

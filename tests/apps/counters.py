@@ -195,3 +195,8 @@ def counter_sleepy(connection: Connection, batch: Batch) -> int:
     else:
         time.sleep(0.4)
     return result.rowcount
+
+
+# Two backfills that may share their table with other non-exclusive ones.
+shared_a = Backfill(name="shared_a", table="items", key="id", work=counter_int.work, exclusive=False)
+shared_b = Backfill(name="shared_b", table="items", key="id", work=counter_int.work, exclusive=False)
