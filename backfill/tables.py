@@ -22,10 +22,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 
 metadata = MetaData()
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
+# MySQL's DATETIME keeps whole seconds unless told otherwise; leases and rates need better.
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 runs = Table(
     "backfill_runs",
@@ -55,10 +58,10 @@ runs = Table(
     Column("rows_affected", BigInteger, nullable=False, default=0),
     Column("batches_done", Integer, nullable=False, default=0),
     Column("batches_failed", Integer, nullable=False, default=0),
-    Column("created_at", DateTime, nullable=False),
-    Column("started_at", DateTime),
-    Column("updated_at", DateTime, nullable=False),
-    Column("finished_at", DateTime),
+    Column("created_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
     Column("last_error", Text),
 )
 
@@ -78,14 +81,14 @@ batches = Table(
     Column("duration_ms", Float),
     Column("worker", String(255)),
     Column("lease_token", String(32)),
-    Column("lease_expires_at", DateTime),
+    Column("lease_expires_at", Timestamp),
     # When a message for this batch last went to the broker: a pending batch whose message is
     # older than the redispatch delay is sent again (the message may have been lost).
-    Column("dispatched_at", DateTime),
+    Column("dispatched_at", Timestamp),
     Column("error", Text),
-    Column("created_at", DateTime, nullable=False),
-    Column("started_at", DateTime),
-    Column("finished_at", DateTime),
+    Column("created_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp),
+    Column("finished_at", Timestamp),
     UniqueConstraint("run_id", "seq", name="uq_backfill_batches_run_seq"),
     Index("ix_backfill_batches_run_status", "run_id", "status"),
     Index("ix_backfill_batches_run_finished", "run_id", "finished_at"),
