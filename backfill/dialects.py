@@ -25,9 +25,25 @@ _PG_TRANSIENT = {
 }
 _PG_TIMEOUT = {"57014"}  # query_canceled: statement_timeout
 
-# MySQL / MariaDB error numbers.
-_MYSQL_TRANSIENT = {1205, 1213, 2003, 2006, 2013, 1040, 1053}
-_MYSQL_TIMEOUT = {1317, 1969, 3024}
+# MySQL / MariaDB error numbers (server errors below 2000, client errors from 2000 on).
+_MYSQL_TRANSIENT = {
+    1205,  # ER_LOCK_WAIT_TIMEOUT: innodb_lock_wait_timeout
+    1213,  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
+    1412,  # ER_TABLE_DEF_CHANGED: a concurrent DDL changed the table under the transaction
+    1040,  # ER_CON_COUNT_ERROR: too many connections
+    1053,  # ER_SERVER_SHUTDOWN
+    1927,  # ER_CONNECTION_KILLED (MariaDB): KILL of the connection while it ran a statement
+    2003,  # CR_CONN_HOST_ERROR: cannot connect
+    2006,  # CR_SERVER_GONE_ERROR
+    2013,  # CR_SERVER_LOST: KILL of the connection, a restart, a network cut
+    2055,  # CR_SERVER_LOST_EXTENDED
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+): disconnected after wait_timeout
+}
+_MYSQL_TIMEOUT = {
+    1969,  # ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
+    3024,  # ER_QUERY_TIMEOUT (MySQL): max_execution_time
+    1317,  # ER_QUERY_INTERRUPTED: KILL QUERY (pt-kill, an operator), as good as a time limit
+}
 
 _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database schema has changed")
 
@@ -39,18 +55,20 @@ def classify(exc: BaseException) -> ErrorKind:
     if exc.connection_invalidated:
         return ErrorKind.TRANSIENT
     orig: Any = exc.orig
+    # MySQL drivers (PyMySQL, mysqlclient) put the error number first. PyMySQL also sets a
+    # ``sqlstate``, mostly the catch-all HY000, so the number is read before any SQLSTATE.
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        if args[0] in _MYSQL_TRANSIENT:
+            return ErrorKind.TRANSIENT
+        if args[0] in _MYSQL_TIMEOUT:
+            return ErrorKind.TIMEOUT
+        return ErrorKind.PERMANENT
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if sqlstate:
         if sqlstate in _PG_TRANSIENT or sqlstate.startswith("08"):
             return ErrorKind.TRANSIENT
         if sqlstate in _PG_TIMEOUT:
-            return ErrorKind.TIMEOUT
-        return ErrorKind.PERMANENT
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):
-        if args[0] in _MYSQL_TRANSIENT:
-            return ErrorKind.TRANSIENT
-        if args[0] in _MYSQL_TIMEOUT:
             return ErrorKind.TIMEOUT
         return ErrorKind.PERMANENT
     message = str(orig).lower()
@@ -97,9 +115,55 @@ def before_begin(connection: Connection, lock_timeout: float) -> None:
 
 
 def after_end(connection: Connection) -> None:
-    if connection.dialect.name == "sqlite":
+    """Undo what ``before_begin`` and ``apply_timeouts`` left on the connection.
+
+    MySQL has no ``SET LOCAL``: a batch's limits are session settings, and the connection goes
+    back to the pool — to the store's bookkeeping, to the next batch of another run — with
+    them. They are put back to what the session had before its first batch. A connection that
+    cannot be reset is invalidated rather than handed on with a batch's short limits.
+    """
+    name = connection.dialect.name
+    if name == "sqlite":
         connection.info.pop("sqlite_busy_timeout_ms", None)
         connection.connection.driver_connection.set_progress_handler(None, 0)  # type: ignore[union-attr]
+    elif name in ("mysql", "mariadb"):
+        if not connection.info.pop(_MYSQL_BOUNDED, False) or connection.invalidated or connection.closed:
+            return
+        try:
+            connection.exec_driver_sql(_mysql_set_limits(connection, *connection.info[_MYSQL_SESSION]))
+        except DBAPIError:
+            connection.invalidate()
+
+
+_MYSQL_BOUNDED = "backfill_mysql_bounded"
+"""``connection.info`` key: true while a batch's limits are in force on the session."""
+
+_MYSQL_SESSION = "backfill_mysql_session_limits"
+"""``connection.info`` key: the session's own limits, read before its first batch. ``info``
+lives as long as the DBAPI connection and is emptied with it, so one read per connection."""
+
+
+def _mysql_time_variable(connection: Connection) -> str:
+    """MariaDB's ``max_statement_time`` (seconds, every statement) or MySQL's
+    ``max_execution_time`` (milliseconds, read-only SELECTs only)."""
+    return "max_statement_time" if connection.dialect.is_mariadb else "max_execution_time"  # type: ignore[attr-defined]
+
+
+def _mysql_set_limits(connection: Connection, lock_wait: int, statement_time: float) -> str:
+    """One ``SET`` for both limits, built from numbers only: nothing user-given reaches it."""
+    variable = _mysql_time_variable(connection)
+    value = f"{float(statement_time):.6f}" if variable == "max_statement_time" else str(int(statement_time))
+    return f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}, {variable} = {value}"
+
+
+def _mysql_session_limits(connection: Connection) -> tuple[int, float]:
+    saved: tuple[int, float] | None = connection.info.get(_MYSQL_SESSION)
+    if saved is None:
+        variable = _mysql_time_variable(connection)
+        row = connection.exec_driver_sql(f"SELECT @@SESSION.innodb_lock_wait_timeout, @@SESSION.{variable}").one()
+        saved = (int(row[0]), float(row[1]))
+        connection.info[_MYSQL_SESSION] = saved
+    return saved
 
 
 def apply_timeouts(connection: Connection, statement_timeout: float, lock_timeout: float) -> None:
@@ -112,11 +176,13 @@ def apply_timeouts(connection: Connection, statement_timeout: float, lock_timeou
             {"st": f"{int(statement_timeout * 1000)}ms", "lt": f"{int(lock_timeout * 1000)}ms"},
         )
     elif name in ("mysql", "mariadb"):
-        connection.execute(text("SET SESSION innodb_lock_wait_timeout = :lt"), {"lt": max(1, round(lock_timeout))})
-        if connection.dialect.is_mariadb:  # type: ignore[attr-defined]
-            connection.execute(text("SET SESSION max_statement_time = :st"), {"st": statement_timeout})
-        else:
-            connection.execute(text("SET SESSION max_execution_time = :st"), {"st": int(statement_timeout * 1000)})
+        # Session settings (MySQL has no SET LOCAL), put back by ``after_end``. InnoDB counts
+        # lock waits in whole seconds, at least one; MySQL's limit is in milliseconds.
+        _mysql_session_limits(connection)
+        mariadb = connection.dialect.is_mariadb  # type: ignore[attr-defined]
+        limit = statement_timeout if mariadb else max(1, int(statement_timeout * 1000))
+        connection.info[_MYSQL_BOUNDED] = True
+        connection.exec_driver_sql(_mysql_set_limits(connection, max(1, round(lock_timeout)), limit))
     elif name == "sqlite":
         deadline = time.monotonic() + statement_timeout
 

@@ -136,7 +136,8 @@ class Contention:
 
     An application connection tries to write a row the batch has just written, with a short
     lock timeout; the database refuses it (PostgreSQL: lock_not_available, SQLite: database is
-    locked) and the work lets that error escape, as a batch blocked on a lock would.
+    locked, MySQL/MariaDB: lock wait timeout, 1205) and the work lets that error escape, as a
+    batch blocked on a lock would.
     """
 
     url: str | None = None
@@ -162,6 +163,9 @@ class Contention:
             with app_connection.begin():
                 if app_connection.dialect.name == "postgresql":
                     app_connection.execute(text("SET LOCAL lock_timeout = '50ms'"))
+                elif app_connection.dialect.name in ("mysql", "mariadb"):
+                    # InnoDB waits in whole seconds; this engine is the application's alone.
+                    app_connection.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
                 app_connection.execute(
                     update(items).where(items.c.id == batch.first[0]).values(counter=items.c.counter)
                 )
