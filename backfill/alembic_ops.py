@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from alembic.ddl.mysql import MySQLModifyColumn
 from alembic.operations import MigrateOperation, Operations
 from sqlalchemy import (
     JSON,
@@ -48,6 +49,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
 )
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 from sqlalchemy.ext.compiler import compiles
@@ -504,8 +506,18 @@ class AddNotNullOp(MigrateOperation):
       run the environment with ``transaction_per_migration=True``.
     - SQLite: batch mode (``op.batch_alter_table``), which copies the table — SQLite cannot
       alter a column in place, and the copy holds the database's write lock while it runs.
-    - MySQL/MariaDB: a plain ``ALTER TABLE ... MODIFY`` with the column's full definition. InnoDB
-      rebuilds the table for it (online DDL where the server allows it, but still a rebuild).
+    - MySQL/MariaDB: ``ALTER TABLE ... MODIFY col <its reflected type, default, comment> NOT
+      NULL, ALGORITHM=INPLACE, LOCK=NONE``. InnoDB rebuilds the table in place (a full copy of
+      its rows and indexes, as long as the table is large) while reads and writes carry on:
+      concurrent changes are kept in an online log (``innodb_online_alter_log_max_size``) and
+      applied at the end. Locks: a shared-upgradable metadata lock for the rebuild, and an
+      exclusive metadata lock twice, briefly — to start and to swap the rebuilt table in. Each
+      exclusive lock waits for every open transaction that touched the table (up to
+      ``lock_wait_timeout``), and queries arriving meanwhile wait behind it: run it when no long
+      transaction is open on the table. The clauses make the server refuse (1845/1846), rather
+      than fall back to a copy that blocks writers, and with strict SQL mode a NULL written
+      during the rebuild fails the statement, leaving the column nullable. MySQL commits before
+      any DDL: what the revision did before this is committed here.
 
     Offline (``--sql``) the NULL count cannot be taken: PostgreSQL renders the statements above
     (``VALIDATE`` is then the check, and fails the script if NULLs remain); MySQL/MariaDB render
@@ -539,7 +551,7 @@ def _add_not_null(operations: Operations, operation: AddNotNullOp) -> None:
         if dialect == "postgresql":
             _not_null_postgresql(operations, operation, where)
         elif dialect in ("mysql", "mariadb") and operation.existing_type is not None:
-            _alter_not_null(operations, operation, {"existing_type": operation.existing_type})
+            _not_null_mysql(operations, operation, {"type": operation.existing_type}, where)
         else:
             raise OfflineModeError(
                 f"op.add_not_null('{operation.table_name}', '{operation.column_name}') cannot be written as SQL "
@@ -560,6 +572,8 @@ def _add_not_null(operations: Operations, operation: AddNotNullOp) -> None:
     elif dialect == "sqlite":
         with operations.batch_alter_table(operation.table_name, schema=operation.schema) as batch:
             batch.alter_column(operation.column_name, nullable=False, existing_type=info["type"])
+    elif dialect in ("mysql", "mariadb"):
+        _not_null_mysql(operations, operation, info, where)
     else:
         _alter_not_null(
             operations,
@@ -623,6 +637,62 @@ def _alter_not_null(operations: Operations, operation: AddNotNullOp, existing: d
     operations.alter_column(
         operation.table_name, operation.column_name, nullable=False, schema=operation.schema, **existing
     )
+
+
+_MYSQL_NULLS = {1138, 1263, 1265}
+"""Invalid use of NULL / data truncated: a NULL reached the column while the table was rebuilt."""
+
+_MYSQL_NOT_ONLINE = {1845, 1846}
+"""LOCK=NONE / ALGORITHM=INPLACE not supported for this table or column."""
+
+
+def _not_null_mysql(operations: Operations, operation: AddNotNullOp, info: Mapping[str, Any], where: str) -> None:
+    """MODIFY with the column's definition as reflected (MODIFY restates the whole column: a
+    default or comment left out would be dropped), pinned to the in-place, non-locking
+    algorithm."""
+    default = info.get("default")
+    if isinstance(default, str) and default.strip().upper() == "NULL":
+        default = None
+    modify = MySQLModifyColumn(
+        operation.table_name,
+        operation.column_name,
+        schema=operation.schema,
+        newname=operation.column_name,
+        type_=operation.existing_type or info["type"],
+        nullable=False,
+        default=text(default) if isinstance(default, str) else False,
+        autoincrement=bool(info.get("autoincrement")) or None,
+        comment=info.get("comment"),
+    )
+    try:
+        operations.execute(_OnlineAlter(modify))
+    except DBAPIError as exc:
+        number = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+        reason = error_text(exc, 300).splitlines()[0]
+        if number in _MYSQL_NULLS:
+            raise NullValuesError(
+                f"cannot make {where}.{operation.column_name} NOT NULL: {reason}; NULLs were written meanwhile "
+                "(or the session is not in strict SQL mode): fill them, then migrate again"
+            ) from None
+        if number in _MYSQL_NOT_ONLINE:
+            raise BackfillError(
+                f"cannot make {where}.{operation.column_name} NOT NULL without blocking writes: {reason}; "
+                "run the ALTER with an online schema change tool (gh-ost, pt-online-schema-change) "
+                "or in a maintenance window, then migrate again"
+            ) from None
+        raise
+
+
+class _OnlineAlter(ExecutableDDLElement):
+    """An ``ALTER TABLE`` that must run in place without blocking DML, or not at all."""
+
+    def __init__(self, alter: ExecutableDDLElement) -> None:
+        self.alter = alter
+
+
+@compiles(_OnlineAlter)
+def _render_online_alter(element: _OnlineAlter, compiler: DDLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.alter, **kw)}, ALGORITHM=INPLACE, LOCK=NONE"
 
 
 def check_constraint_name(table_name: str, column_name: str) -> str:

@@ -1,6 +1,6 @@
-"""Fixtures: a fresh database per test on SQLite and on the real PostgreSQL server.
+"""Fixtures: a fresh database per test on SQLite and on the real PostgreSQL and MariaDB servers.
 
-PostgreSQL tests get a database of their own per test run (``backfill_test_<pid>_<random>``),
+Server tests get a database of their own per test run (``backfill_test_<pid>_<random>``),
 dropped at the end, so runs never collide. Under ``CI=true`` an unreachable server fails the
 run; elsewhere those tests are skipped with the command that starts it.
 """
@@ -29,6 +29,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "BACKFILL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 POSTGRES_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+MARIADB_ADMIN_URL = os.environ.get("BACKFILL_TEST_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306/test")
+MARIADB_START = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -54,6 +56,24 @@ def postgres_server() -> Iterator[str]:
     yield url
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[str]:
+    """A database of this test run's own on the MariaDB server; yields its URL."""
+    admin = create_engine(MARIADB_ADMIN_URL)
+    name = f"backfill_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except OperationalError as exc:
+        admin.dispose()
+        service_missing("MariaDB", MARIADB_START, exc)
+    url = make_url(MARIADB_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
     admin.dispose()
 
 
@@ -97,12 +117,12 @@ def _clean(engine: Engine) -> None:
     metadata.drop_all(engine)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'app.sqlite3'}"
     else:
-        url = request.getfixturevalue("postgres_server")
+        url = request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_server")
     engine = make_engine(url)
     _clean(engine)
     counters.create_tables(engine)

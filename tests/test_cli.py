@@ -197,9 +197,9 @@ def test_resume_after_the_runner_is_killed(db: Database) -> None:
     assert all(b.status is BatchStatus.SUCCEEDED for b in db.app().store.batches_of(run.id))
 
 
-@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("db", ["postgresql", "mariadb"], indirect=True)
 def test_a_batch_waits_no_longer_than_its_lock_timeout_and_retries(db: Database) -> None:
-    """An application transaction holds a row lock mid-run (row locks: PostgreSQL)."""
+    """An application transaction holds a row lock mid-run (row locks: PostgreSQL, InnoDB)."""
     counters.fill(db.engine, items, list(range(1, 301)))
     held = threading.Event()
 

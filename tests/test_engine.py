@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from backfill import App, BatchStatus, Phase, RunStatus
 from backfill.errors import RunStateError
@@ -232,3 +232,21 @@ def test_runs_share_a_table_only_when_both_definitions_allow_it(db: Database) ->
 
     assert app.start("shared_a").status is RunStatus.RUNNING
     assert app.start("shared_b").status is RunStatus.RUNNING
+
+
+@pytest.mark.parametrize("db", ["mariadb"], indirect=True)
+def test_a_batch_leaves_the_pooled_session_limits_as_it_found_them(db: Database) -> None:
+    """MySQL has no SET LOCAL: a batch's lock and statement limits are session settings, and
+    must not follow the connection back to the pool (and into the store's bookkeeping)."""
+    counters.fill(db.engine, items, list(range(1, 201)))
+    limits = "SELECT @@SESSION.innodb_lock_wait_timeout, @@SESSION.max_statement_time"
+    with db.engine.connect() as connection:
+        before = tuple(connection.execute(text(limits)).one())
+    run = db.app().run("counter_int", threads=2, parallelism=2, lock_timeout=1, statement_timeout=0.5)
+    assert run.status is RunStatus.FINISHED
+    pooled = [db.engine.connect() for _ in range(3)]
+    try:
+        assert {tuple(c.execute(text(limits)).one()) for c in pooled} == {before}
+    finally:
+        for connection in pooled:
+            connection.close()

@@ -38,8 +38,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.forget_backfill("players_team_id")
-    op.drop_index("ix_players_team_id", table_name="players")
+    # The foreign key goes first: MySQL/MariaDB enforce it with ix_players_team_id and refuse
+    # to drop an index a foreign key needs (error 1553).
     with op.batch_alter_table("players") as batch:
         batch.drop_constraint("fk_players_team_id_teams", type_="foreignkey")
+    op.drop_index("ix_players_team_id", table_name="players")
+    with op.batch_alter_table("players") as batch:
         batch.drop_column("team_id")
     op.drop_table("teams")
