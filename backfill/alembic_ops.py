@@ -63,7 +63,7 @@ from backfill.dialects import error_text
 from backfill.errors import BackfillError, ConfigurationError, TargetError
 from backfill.registry import APP_ENV, Registry, load
 from backfill.status import RunStatus
-from backfill.store import Run, Store
+from backfill.store import Run, Store, new_run_values
 from backfill.target import resolve
 
 logger = logging.getLogger("backfill.alembic")
@@ -249,29 +249,7 @@ def _offline_queue_statement(definition: Backfill, tuning: Tuning, dialect: str)
     """The run row of ``Store.create_run``, as one guarded INSERT for a SQL script."""
     runs = tables.runs
     now = _sql_utcnow(dialect)
-    values: dict[str, Any] = {
-        "name": definition.name,
-        "active_name": definition.name,
-        "status": RunStatus.PENDING.value,
-        "phase": "main",
-        "table_name": definition.table,
-        "schema_name": definition.schema,
-        "key_columns": list(definition.key),
-        "planned_all": False,
-        "next_seq": 0,
-        "batch_size": tuning.batch_size,
-        "parallelism": tuning.parallelism,
-        "max_attempts": tuning.max_attempts,
-        "statement_timeout": tuning.statement_timeout,
-        "lock_timeout": tuning.lock_timeout,
-        "rows_total_estimated": False,
-        "rows_done": 0,
-        "rows_affected": 0,
-        "batches_done": 0,
-        "batches_failed": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
+    values = new_run_values(definition, tuning, now)
     row = [_literal(runs.c[name], value, dialect).label(name) for name, value in values.items()]
     taken = exists().where(
         runs.c.name == definition.name,

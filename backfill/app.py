@@ -3,24 +3,63 @@ per thing an operator does. The CLI, the Celery tasks and the Alembic operations
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from backfill import keyset
 from backfill.database import display_url, make_engine
 from backfill.definition import Backfill
 from backfill.dialects import error_text
 from backfill.errors import DatabaseUnavailableError, RunStateError
+from backfill.estimate import Estimate, estimate
 from backfill.executor import Outcome
 from backfill.inline import InlineRunner
+from backfill.keyset import Span
 from backfill.progress import RunProgress, measure
 from backfill.registry import Registry, load
 from backfill.scheduler import Scheduler
-from backfill.status import RunStatus
-from backfill.store import Run, Store
+from backfill.status import BatchStatus, RunStatus
+from backfill.store import BatchRecord, EventRecord, Run, Store
 from backfill.target import Targets
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    runs: tuple[Run, ...]
+    timed_out: bool
+
+    @property
+    def all_finished(self) -> bool:
+        return all(r.status is RunStatus.FINISHED for r in self.runs)
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    progress: RunProgress
+    failed: tuple[BatchRecord, ...]
+    recent: tuple[BatchRecord, ...]
+    errors: tuple[EventRecord, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.progress.to_json(),
+            "failed_batches": [
+                {"seq": b.seq, "first": b.first_key, "last": b.last_key, "attempts": b.attempts, "error": b.error}
+                for b in self.failed
+            ],
+            "recent_batches": [
+                {"seq": b.seq, "rows": b.rows, "duration_ms": b.duration_ms, "worker": b.worker} for b in self.recent
+            ],
+            "recent_errors": [
+                {"at": e.at.isoformat() + "Z", "batch": e.seq, "status": e.after, "error": e.error} for e in self.errors
+            ],
+        }
 
 
 class App:
@@ -107,15 +146,74 @@ class App:
         run = self._active(name)
         return self._move(run, RunStatus.CANCELLED, [RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED], "cancel")
 
-    def retry(self, name: str) -> tuple[Run, int]:
-        """Re-queue the failed batches of the latest run; a failed run becomes running again."""
+    def retry(self, name: str, *, split: bool = False) -> tuple[Run, int]:
+        """Re-queue the failed batches of the latest run; a failed run becomes running again.
+
+        With ``split``, each failed batch is replaced by two halves over the same keys: the way
+        past a statement timeout, or to narrow a failure down to the rows that cause it.
+        """
         self._check_name(name)
         run = self.store.latest_run(name)
         if run is None:
             raise RunStateError(f"backfill '{name}' has never run: `backfill start {name}`")
         if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED) or not run.batches_failed:
             raise RunStateError(f"backfill '{name}' has no failed batches to retry (run {run.id} is {run.status})")
-        return self.store.reopen_failed(run)
+        splits: dict[int, list[Span]] = {}
+        if split:
+            target = self.targets.get(name)
+            with self.store.connect() as connection:
+                for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
+                    first, last = target.decode(batch.first_key), target.decode(batch.last_key)
+                    assert first is not None and last is not None
+                    size = max(1, math.ceil(batch.rows / 2))
+                    spans = keyset.next_spans(
+                        connection,
+                        target.key_columns,
+                        cursor=None,
+                        end=last,
+                        size=size,
+                        count=batch.rows + 1,
+                        where=keyset.at_least(target.key_columns, first),
+                    )
+                    if len(spans) > 1:
+                        splits[batch.id] = spans
+        return self.store.reopen_failed(run, splits)
+
+    def tune(self, name: str, **overrides: Any) -> Run:
+        """Change a run's knobs while it runs; batches planned from now on use them."""
+        run = self._active(name)
+        if not any(v is not None for v in overrides.values()):
+            raise RunStateError("nothing to change: give --batch-size, --parallelism or another setting")
+        return self.store.tune(run, run.tuning.replace(overrides))
+
+    def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
+        """Block until every named run has ended, or one has failed or been cancelled."""
+        runs = [self._latest(name) for name in names]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            runs = [self.store.get_run(run.id) for run in runs]
+            if any(r.status in (RunStatus.FAILED, RunStatus.CANCELLED) for r in runs):
+                return WaitResult(tuple(runs), timed_out=False)
+            if all(r.status is RunStatus.FINISHED for r in runs):
+                return WaitResult(tuple(runs), timed_out=False)
+            if deadline is not None and time.monotonic() >= deadline:
+                return WaitResult(tuple(runs), timed_out=True)
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def estimate(self, name: str, *, samples: int = 3, **overrides: Any) -> Estimate:
+        """Time a few batches in transactions that are rolled back; nothing is recorded."""
+        definition = self.definitions[name]
+        return estimate(self.store, self.targets.get(name), definition.tuning.replace(overrides), samples=samples)
+
+    def details(self, name: str) -> RunDetails:
+        """The newest run of a backfill, with what an operator needs to diagnose it."""
+        run = self._latest(name)
+        return RunDetails(
+            progress=measure(self.store, run),
+            failed=tuple(self.store.batches_of(run.id, BatchStatus.FAILED)),
+            recent=tuple(self.store.recent_batches(run.id)),
+            errors=tuple(self.store.events_of(run.id, errors_only=True, limit=10)),
+        )
 
     def progress(self, name: str | None = None) -> list[RunProgress]:
         if name is not None:
@@ -128,6 +226,14 @@ class App:
     def _check_name(self, name: str) -> None:
         if name not in self.definitions.definitions and self.store.latest_run(name) is None:
             self.definitions[name]
+
+    def _latest(self, name: str) -> Run:
+        self._check_name(name)
+        self.store.check_tables()
+        run = self.store.latest_run(name)
+        if run is None:
+            raise RunStateError(f"backfill '{name}' has never run: `backfill start {name}`")
+        return run
 
     def _active(self, name: str) -> Run:
         self._check_name(name)

@@ -11,17 +11,21 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.table import Table
 
+from backfill import events
 from backfill.app import App
 from backfill.database import DATABASE_URL_ENV
-from backfill.display import ProgressBar
-from backfill.errors import BackfillError, RunFailedError
+from backfill.display import ProgressBar, details_view, estimate_view, status_table
+from backfill.errors import BackfillError, ConfigurationError, RunFailedError
+from backfill.metrics import serve
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
 from backfill.status import RunStatus
@@ -53,6 +57,7 @@ def fail_cleanly(command: F) -> F:
 @click.pass_context
 def main(ctx: click.Context, app_module: str | None, database_url: str | None) -> None:
     """Resumable, batched data migrations for large tables."""
+    events.configure("ERROR")
     ctx.obj = {"app": app_module, "database_url": database_url}
 
 
@@ -154,39 +159,119 @@ def report_end(progress: RunProgress) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 @fail_cleanly
-def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """Show runs: progress, rate, ETA, errors."""
-    runs = _app(ctx).progress(name)
+def status(ctx: click.Context, /, name: str | None, as_json: bool) -> None:
+    """Show runs: progress, rate, ETA, errors; with NAME, its failed and recent batches too."""
+    app = _app(ctx)
+    if name is not None:
+        details = app.details(name)
+        if as_json:
+            click.echo(json.dumps(details.to_json(), indent=2))
+        else:
+            console.print(details_view(details))
+        return
+    runs = app.progress()
     if as_json:
         click.echo(json.dumps([p.to_json() for p in runs], indent=2))
-        return
-    if not runs:
+    elif not runs:
         click.echo("no runs yet")
-        return
-    table = Table(
-        "name", "run", "status", "progress", "rows", "batches ok/failed/open", "rate", "ETA", "last error", box=None
+    else:
+        console.print(status_table(runs))
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between refreshes."
+)
+@click.pass_context
+@fail_cleanly
+def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
+    """A live view of one run (until it ends) or of all runs (until Ctrl-C)."""
+    app = _app(ctx)
+
+    def view() -> tuple[RenderableType, bool]:
+        if name is not None:
+            details = app.details(name)
+            return details_view(details), details.progress.run.status.is_over
+        return status_table(app.progress()), False
+
+    renderable, over = view()
+    try:
+        with Live(renderable, console=console, refresh_per_second=4) as live:
+            while not over:
+                time.sleep(interval)
+                renderable, over = view()
+                live.update(renderable)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 3).")
+@click.pass_context
+@fail_cleanly
+def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -> None:
+    """Block until the runs end: exit 0 all finished, 1 one failed or was cancelled, 3 timeout."""
+    result = _app(ctx).wait(names, timeout=timeout)
+    for run in result.runs:
+        click.echo(
+            f"{run.name}: run {run.id} {run.status}, {run.rows_done:,} rows, {run.batches_failed} failed batches"
+        )
+    if result.timed_out:
+        click.echo(f"timed out after {timeout:g}s", err=True)
+        sys.exit(3)
+    if not result.all_finished:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True, help="Batches to time.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@tuning_options
+@click.pass_context
+@fail_cleanly
+def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **overrides: Any) -> None:
+    """Time a few batches in rolled-back transactions and predict the run; changes nothing."""
+    result = _app(ctx).estimate(name, samples=samples, **overrides)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else estimate_view(result))
+
+
+@main.command()
+@click.argument("name")
+@tuning_options
+@click.pass_context
+@fail_cleanly
+def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
+    """Change a running run's settings; batches planned from now on use them."""
+    run = _app(ctx).tune(name, **overrides)
+    t = run.tuning
+    click.echo(
+        f"{name}: run {run.id} now batch size {t.batch_size}, parallelism {t.parallelism}, "
+        f"max attempts {t.max_attempts}, statement timeout {t.statement_timeout:g}s, lock timeout {t.lock_timeout:g}s"
     )
-    for p in runs:
-        data = p.to_json()
-        percent = "?" if data["percent"] is None else f"{data['percent']:.1f}%"
-        total = (
-            "?"
-            if data["rows_total"] is None
-            else f"{'~' if data['rows_total_is_estimate'] else ''}{data['rows_total']:,}"
-        )
-        eta = "-" if data["eta_seconds"] is None else f"{data['eta_seconds']:.0f}s"
-        table.add_row(
-            p.run.name,
-            str(p.run.id),
-            p.run.status.value,
-            percent,
-            f"{p.run.rows_done:,} / {total}",
-            f"{p.run.batches_done} / {p.run.batches_failed} / {p.batches_pending + p.batches_running}",
-            f"{p.rate:,.0f}/s",
-            eta,
-            (p.run.last_error or "")[:60],
-        )
-    console.print(table)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=9464, show_default=True)
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.pass_context
+@fail_cleanly
+def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
+    """Serve Prometheus metrics for every run at http://ADDR:PORT/metrics (until Ctrl-C)."""
+    app = _app(ctx)
+    app.store.check_tables()
+    try:
+        serve(app.store, port, addr)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {addr}:{port}: {exc.strerror}: choose another --port") from None
+    click.echo(f"serving metrics on http://{addr}:{port}/metrics")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _operator(verb: str, help_text: str) -> None:
@@ -206,13 +291,14 @@ _operator("cancel", "Stop a run for good and mark it cancelled.")
 
 @main.command()
 @click.argument("name")
+@click.option("--split", is_flag=True, help="Cut each failed batch into two smaller ones.")
 @click.pass_context
 @fail_cleanly
-def retry(ctx: click.Context, name: str) -> None:
+def retry(ctx: click.Context, /, name: str, split: bool) -> None:
     """Re-queue the failed batches; a failed run becomes running again."""
-    run, requeued = _app(ctx).retry(name)
+    run, requeued = _app(ctx).retry(name, split=split)
     click.echo(
-        f"{name}: {requeued} failed batch(es) re-queued; run {run.id} is {run.status} "
+        f"{name}: {requeued} failed batch(es) re-queued{' in halves' if split else ''}; run {run.id} is {run.status} "
         f"(workers pick it up, or `backfill run {name}` runs it here)"
     )
 

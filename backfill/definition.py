@@ -84,9 +84,17 @@ class Tuning:
     max_attempts: int = 5
     statement_timeout: float = 10.0
     lock_timeout: float = 2.0
+    max_failed_ratio: float = 0.2
+    """The run stops, failed, once more than this share of its batches failed..."""
+    min_batches_for_ratio: int = 10
+    """...counted over at least this many finished batches. Below the ratio it carries on and
+    reports its failed batches at the end: a systematic bug stops a run within a few batches,
+    a handful of bad rows does not stop a night's work."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "parallelism", "max_attempts"):
+        if not isinstance(self.max_failed_ratio, int | float) or not 0 <= self.max_failed_ratio <= 1:
+            raise DefinitionError(f"max_failed_ratio must be between 0 and 1, got {self.max_failed_ratio!r}")
+        for name in ("batch_size", "parallelism", "max_attempts", "min_batches_for_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DefinitionError(f"{name} must be a whole number >= 1, got {value!r}")

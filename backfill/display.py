@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
+from backfill.app import RunDetails
+from backfill.estimate import Estimate
+from backfill.progress import RunProgress
 from backfill.status import RunStatus
 from backfill.store import Run
 
@@ -44,3 +48,83 @@ class ProgressBar:
         if run.status is RunStatus.FINISHED:
             total = run.rows_done
         self.progress.update(self.task, completed=run.rows_done, total=total, batches=run.batches_done)
+
+
+def _bar(fraction: float | None, width: int = 16) -> str:
+    if fraction is None:
+        return "?"
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def status_table(runs: list[RunProgress]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("backfill", "run", "status", "progress", "rows", "batches ok/failed/in flight", "batch size",
+                   "rate", "ETA", "elapsed", "last error"):  # fmt: skip
+        table.add_column(column, overflow="fold" if column == "last error" else "ellipsis")
+    for p in runs:
+        run, data = p.run, p.to_json()
+        total = (
+            "?"
+            if data["rows_total"] is None
+            else f"{'~' if data['rows_total_is_estimate'] else ''}{data['rows_total']:,}"
+        )
+        percent = "" if data["percent"] is None else f" {data['percent']:.1f}%"
+        status = run.status.value + (" (final pass)" if run.phase.value == "catchup" and run.status.is_active else "")
+        table.add_row(
+            run.name,
+            str(run.id),
+            status,
+            _bar(p.fraction) + percent,
+            f"{run.rows_done:,} / {total}",
+            f"{run.batches_done} / {run.batches_failed} / {p.batches_pending + p.batches_running}",
+            str(run.tuning.batch_size),
+            f"{p.rate:,.0f}/s",
+            _duration(p.eta_seconds),
+            _duration(p.elapsed_seconds),
+            (run.last_error or "")[:80],
+        )
+    return table
+
+
+def details_view(details: RunDetails) -> Group:
+    parts: list[RenderableType] = [status_table([details.progress])]
+    if details.failed:
+        failed = Table("batch", "first key", "last key", "attempts", "error", title="failed batches", box=None)
+        for b in details.failed:
+            failed.add_row(str(b.seq), str(b.first_key), str(b.last_key), str(b.attempts), (b.error or "")[:160])
+        parts.append(failed)
+    if details.recent:
+        recent = Table("batch", "rows", "duration", "worker", title="recent batches", box=None)
+        for b in details.recent:
+            recent.add_row(str(b.seq), str(b.rows), f"{b.duration_ms or 0:.1f} ms", b.worker or "")
+        parts.append(recent)
+    if details.errors:
+        errors = Table("at", "batch", "became", "error", title="recent errors", box=None)
+        for e in details.errors:
+            errors.add_row(
+                e.at.strftime("%H:%M:%S"), "" if e.seq is None else str(e.seq), e.after, (e.error or "")[:160]
+            )
+        parts.append(errors)
+    return Group(*parts)
+
+
+def estimate_view(estimate: Estimate) -> str:
+    data = estimate.to_json()
+    rows = f"{'~' if estimate.rows_is_estimate else ''}{estimate.rows:,}"
+    samples = ", ".join(f"{ms:.1f} ms" for ms in estimate.sample_ms) or "none (empty table)"
+    return (
+        f"{estimate.name}: {rows} rows in {estimate.batches:,} batches of {estimate.tuning.batch_size:,}\n"
+        f"sampled batches (rolled back): {samples}\n"
+        f"expected: {data['batch_ms']} ms per batch, about {_duration(estimate.seconds)} of work "
+        f"at parallelism {estimate.tuning.parallelism} (scheduling overhead not included)"
+    )

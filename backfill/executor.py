@@ -9,10 +9,13 @@ and its error stays on the batch row.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tenacity import RetryCallState
@@ -24,6 +27,7 @@ from backfill.store import Claim, Run, Store
 from backfill.target import Target, Targets
 
 _HOST = socket.gethostname()
+logger = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
@@ -49,10 +53,51 @@ def worker_is_gone(worker: str) -> bool:
     return False
 
 
+HEARTBEAT_SECONDS = float(os.environ.get("BACKFILL_HEARTBEAT_SECONDS") or 10.0)
+"""How often a worker renews the lease of the batches it is running."""
+
+
 def lease_seconds(run: Run) -> float:
-    """How long a claim is honoured before the batch may be handed to someone else: well past
-    the statement timeout, so a live worker is never overtaken by a re-claim."""
-    return 2 * run.tuning.statement_timeout + 30.0
+    """How long a claim is honoured without a heartbeat: three missed heartbeats mean the worker
+    is stuck or gone, and the batch may be handed to someone else."""
+    return 3 * HEARTBEAT_SECONDS
+
+
+class Heartbeat:
+    """One thread per executor renewing the leases of the batches in progress."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._claims: dict[int, tuple[Claim, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def keep(self, claim: Claim, lease: float) -> Iterator[None]:
+        if self.store.borrowed:
+            yield  # one borrowed connection serves one thread: no heartbeat beside the batch
+            return
+        with self._lock:
+            self._claims[claim.batch.id] = (claim, lease)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat, name="backfill-heartbeat", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._claims.pop(claim.batch.id, None)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                claims = list(self._claims.values())
+            for claim, lease in claims:
+                try:
+                    self.store.extend_lease(claim, lease)
+                except Exception:  # a missed beat is survivable; the next one tries again
+                    logger.warning("heartbeat of batch %s failed", claim.batch.id, exc_info=True)
 
 
 class Result(enum.Enum):
@@ -81,9 +126,10 @@ class Executor:
     def __init__(self, store: Store, targets: Targets) -> None:
         self.store = store
         self.targets = targets
+        self.heartbeat = Heartbeat(store)
 
     def execute(self, run: Run, batch_id: int) -> Outcome:
-        claim = self.store.claim(batch_id, worker_name(), lease_seconds(run))
+        claim = self.store.claim(run, batch_id, worker_name(), lease_seconds(run))
         if claim is None:
             return Outcome(batch_id, Result.SKIPPED)
         target = self.targets.get(run.name)
@@ -96,10 +142,11 @@ class Executor:
 
         retrying = dialects.retry_transient(tries).copy(before_sleep=note_retry)
         try:
-            for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    rows_affected, duration_ms = self._run_once(run, target, claim)
+            with self.heartbeat.keep(claim, lease_seconds(run)):
+                for attempt in retrying:
+                    with attempt:
+                        attempts += 1
+                        rows_affected, duration_ms = self._run_once(run, target, claim)
         except _ClaimLost:
             return Outcome(batch_id, Result.SKIPPED, attempts=attempts)
         except Exception as exc:

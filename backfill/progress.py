@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from backfill.status import BatchStatus, RunStatus
+from backfill.status import BatchStatus, Phase, RunStatus
 from backfill.store import Run, Store, utcnow
 
 RATE_WINDOW = timedelta(seconds=60)
@@ -24,13 +24,16 @@ class RunProgress:
     rate: float
     """Rows per second over the last minute (over the whole run once it is over)."""
     elapsed_seconds: float | None
+    refined_total: int | None = None
+    """The total re-estimated from how far the sweep has gone, when that beats the catalog's."""
 
     @property
     def rows_total(self) -> int | None:
         run = self.run
-        if run.rows_total is None:
+        total = self.refined_total if self.refined_total is not None else run.rows_total
+        if total is None:
             return None
-        return max(run.rows_total, run.rows_done)
+        return max(total, run.rows_done)
 
     @property
     def fraction(self) -> float | None:
@@ -65,6 +68,7 @@ class RunProgress:
             "batches_failed": run.batches_failed,
             "batches_pending": self.batches_pending,
             "batches_running": self.batches_running,
+            "batches_in_flight": self.batches_pending + self.batches_running,
             "batch_size": run.tuning.batch_size,
             "parallelism": run.tuning.parallelism,
             "rate": round(self.rate, 1),
@@ -81,9 +85,33 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat() + "Z"
 
 
+def refine_total(run: Run, planned_rows: int, first_key: list[Any] | None) -> int | None:
+    """Re-estimate the rows of a run from the share of its key range already planned.
+
+    For a one-column integer key the keys are numbers, so the cursor says how far through
+    the range the sweep is; rows planned so far over that share is a better total than the
+    catalog's estimate, and improves as the run goes. Once the main sweep is fully planned,
+    its planned rows are the exact total.
+    """
+    if not run.rows_total_estimated:
+        return None
+    if run.planned_all or run.phase is not Phase.MAIN:
+        return planned_rows
+    if len(run.key_columns) != 1 or not run.cursor or not run.end_key or not first_key:
+        return None
+    start, cursor, end = first_key[0], run.cursor[0], run.end_key[0]
+    if not all(isinstance(v, int) for v in (start, cursor, end)) or end <= start:
+        return None
+    share = (cursor - start + 1) / (end - start + 1)
+    if share < 0.001:
+        return None
+    return round(planned_rows / float(share))
+
+
 def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
     now = now or utcnow()
-    counts = store.batch_counts(run.id)
+    stats = store.batch_stats(run.id)
+    counts = stats.counts
     elapsed = None
     rate = 0.0
     if run.started_at is not None:
@@ -102,4 +130,5 @@ def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
         batches_running=counts[BatchStatus.RUNNING],
         rate=rate,
         elapsed_seconds=elapsed,
+        refined_total=refine_total(run, stats.planned_main_rows, stats.first_key),
     )

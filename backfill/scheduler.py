@@ -35,6 +35,16 @@ class Plan:
         return self.run.status.is_over
 
 
+def too_many_failures(run: Run) -> bool:
+    """The failure policy: past the ratio, over enough batches to judge, a run stops."""
+    finished = run.batches_done + run.batches_failed
+    return (
+        run.batches_failed > 0
+        and finished >= run.tuning.min_batches_for_ratio
+        and run.batches_failed / finished > run.tuning.max_failed_ratio
+    )
+
+
 class Scheduler:
     def __init__(self, store: Store, targets: Targets, *, lookahead: int = 1) -> None:
         self.store = store
@@ -80,6 +90,17 @@ class Scheduler:
             run = self.activate(run)
         if run.status is not RunStatus.RUNNING:
             return Plan(run, ())
+        if too_many_failures(run):
+            stopped = self.store.transition(
+                run.id,
+                RunStatus.FAILED,
+                allowed_from=[RunStatus.RUNNING],
+                error=(
+                    f"stopped: {run.batches_failed} of {run.batches_done + run.batches_failed} batches failed, "
+                    f"more than {run.tuning.max_failed_ratio:.0%}; last: {run.last_error}"
+                ),
+            )
+            return Plan(stopped or self.store.get_run(run.id), ())
         open_batches = self.store.open_batches(run.id)
         wanted = run.tuning.parallelism + self.lookahead
         while len(open_batches) < wanted and not run.planned_all:

@@ -29,6 +29,8 @@ class BatchStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SPLIT = "split"
+    """Failed, then replaced by smaller batches over the same keys (``backfill retry --split``)."""
 
 
 class Phase(enum.StrEnum):

@@ -9,8 +9,8 @@ runner harmless.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, exists, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from backfill import tables
+from backfill import events, tables
 from backfill.definition import Backfill, Key, Tuning
 from backfill.errors import RunStateError, StoreMissingError
+from backfill.events import Event
 from backfill.keyset import Span, encode_key
 from backfill.status import BatchStatus, Phase, RunStatus
 
@@ -79,6 +80,8 @@ class Run:
                 max_attempts=m["max_attempts"],
                 statement_timeout=m["statement_timeout"],
                 lock_timeout=m["lock_timeout"],
+                max_failed_ratio=m["max_failed_ratio"],
+                min_batches_for_ratio=m["min_batches_for_ratio"],
             ),
             rows_total=m["rows_total"],
             rows_total_estimated=bool(m["rows_total_estimated"]),
@@ -141,12 +144,40 @@ class BatchRecord:
 
 
 @dataclass(frozen=True)
+class BatchStats:
+    counts: dict[BatchStatus, int]
+    planned_main_rows: int
+    """Rows in the batches planned so far by the main sweep."""
+    first_key: list[Any] | None
+    """The first key of the run's first batch: where the main sweep started."""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    run_id: int
+    batch_id: int | None
+    seq: int | None
+    before: str | None
+    after: str
+    worker: str | None
+    error: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Claim:
     """A batch handed to one worker: the token proves ownership when the batch commits."""
 
+    backfill: str
     batch: BatchRecord
     token: str
     worker: str
+
+    def event(
+        self, after: BatchStatus, before: BatchStatus | None = BatchStatus.RUNNING, error: str | None = None
+    ) -> Event:
+        return Event(self.backfill, self.batch.run_id, after, before, self.batch.id, self.batch.seq, self.worker, error)
 
 
 class Store:
@@ -174,14 +205,26 @@ class Store:
             with self.bind.connect() as connection:
                 yield connection
 
-    def transaction(self, connection: Connection) -> AbstractContextManager[Any]:
-        """A transaction on ``connection``: a savepoint when the connection is borrowed."""
-        return connection.begin_nested() if self.borrowed else connection.begin()
+    @contextmanager
+    def transaction(self, connection: Connection) -> Iterator[Connection]:
+        """A transaction on ``connection`` (a savepoint when the connection is borrowed); the
+        events recorded in it are logged once it has committed."""
+        with connection.begin_nested() if self.borrowed else connection.begin():
+            yield connection
+        events.log(connection.info.pop(_EVENTS, []))
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         with self.connect() as connection, self.transaction(connection):
             yield connection
+
+    def _record(self, conn: Connection, *changes: Event) -> None:
+        """Keep state changes in ``backfill_events``, inside the transaction making them."""
+        if not changes:
+            return
+        at = utcnow()
+        conn.execute(tables.events.insert(), [change.row(at) for change in changes])
+        conn.info.setdefault(_EVENTS, []).extend(changes)
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -209,33 +252,11 @@ class Store:
         connection: Connection | None = None,
     ) -> Run:
         """Record a new pending run; refuses when the name already has an active one."""
-        now = utcnow()
-        values = {
-            "name": definition.name,
-            "active_name": definition.name,
-            "status": RunStatus.PENDING.value,
-            "phase": Phase.MAIN.value,
-            "table_name": definition.table,
-            "schema_name": definition.schema,
-            "key_columns": list(definition.key),
-            "planned_all": False,
-            "next_seq": 0,
-            "batch_size": tuning.batch_size,
-            "parallelism": tuning.parallelism,
-            "max_attempts": tuning.max_attempts,
-            "statement_timeout": tuning.statement_timeout,
-            "lock_timeout": tuning.lock_timeout,
-            "rows_total_estimated": False,
-            "rows_done": 0,
-            "rows_affected": 0,
-            "batches_done": 0,
-            "batches_failed": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
+        values = new_run_values(definition, tuning, utcnow())
         try:
             with self._transaction(connection) as conn:
                 run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
+                self._record(conn, Event(definition.name, run_id, RunStatus.PENDING))
                 return self._run(conn, run_id)
         except IntegrityError:
             active = self.active_run(definition.name, connection=connection)
@@ -290,7 +311,10 @@ class Store:
                     updated_at=now,
                 )
             ).rowcount
-            return self._run(conn, run.id) if changed else None
+            if not changed:
+                return None
+            self._record(conn, Event(run.name, run.id, RunStatus.RUNNING, before=RunStatus.PENDING))
+            return self._run(conn, run.id)
 
     def transition(
         self,
@@ -309,10 +333,14 @@ class Store:
         if error is not None:
             values["last_error"] = error
         with self.begin() as conn:
+            before = self._run(conn, run_id)
             changed = conn.execute(
                 update(runs).where(runs.c.id == run_id, runs.c.status.in_(list(allowed_from))).values(values)
             ).rowcount
-            return self._run(conn, run_id) if changed else None
+            if not changed:
+                return None
+            self._record(conn, Event(before.name, run_id, to, before=before.status, error=error))
+            return self._run(conn, run_id)
 
     def finish(self, run: Run) -> Run | None:
         """running -> finished once every row is accounted for; the total becomes exact."""
@@ -330,30 +358,69 @@ class Store:
                     updated_at=now,
                 )
             ).rowcount
-            return self._run(conn, run.id) if changed else None
+            if not changed:
+                return None
+            self._record(conn, Event(run.name, run.id, RunStatus.FINISHED, before=RunStatus.RUNNING))
+            return self._run(conn, run.id)
 
-    def reopen_failed(self, run: Run) -> tuple[Run, int]:
-        """Re-queue the failed batches of a run and make it running again (``backfill retry``)."""
+    def reopen_failed(self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None) -> tuple[Run, int]:
+        """Re-queue the failed batches of a run and make it running again (``backfill retry``).
+
+        A failed batch named in ``splits`` is replaced by new batches over those spans of its
+        keys (smaller ones, to get past a timeout or isolate a bad row), and marked split.
+        """
+        splits = splits or {}
         now = utcnow()
         with self.begin() as conn:
-            requeued = conn.execute(
-                update(batches)
-                .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED)
-                .values(status=BatchStatus.PENDING, attempts=0, lease_token=None, dispatched_at=None, finished_at=None)
-            ).rowcount
+            failed = [
+                BatchRecord.from_row(r)
+                for r in conn.execute(
+                    select(batches)
+                    .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED)
+                    .order_by(batches.c.seq)
+                )
+            ]
+            changes: list[Event] = []
+            next_seq = conn.execute(select(runs.c.next_seq).where(runs.c.id == run.id)).scalar_one()
+            for batch in failed:
+                spans = splits.get(batch.id)
+                after = BatchStatus.SPLIT if spans else BatchStatus.PENDING
+                conn.execute(
+                    update(batches)
+                    .where(batches.c.id == batch.id, batches.c.status == BatchStatus.FAILED)
+                    .values(status=after, attempts=0, lease_token=None, dispatched_at=None, finished_at=None)
+                )
+                changes.append(Event(run.name, run.id, after, BatchStatus.FAILED, batch.id, batch.seq))
+                for span in spans or ():
+                    new_id = conn.execute(
+                        batches.insert()
+                        .values(_batch_values(run, next_seq, batch.phase, span, now))
+                        .returning(batches.c.id)
+                    ).scalar_one()
+                    changes.append(Event(run.name, run.id, BatchStatus.PENDING, None, new_id, next_seq))
+                    next_seq += 1
             values: dict[str, Any] = {
-                "batches_failed": runs.c.batches_failed - requeued,
+                "batches_failed": runs.c.batches_failed - len(failed),
+                "next_seq": next_seq,
                 "updated_at": now,
             }
             if run.status == RunStatus.FAILED:
                 values.update(status=RunStatus.RUNNING, active_name=run.name, finished_at=None, last_error=None)
+                changes.append(Event(run.name, run.id, RunStatus.RUNNING, RunStatus.FAILED))
             try:
                 conn.execute(update(runs).where(runs.c.id == run.id).values(values))
             except IntegrityError:
                 raise RunStateError(
                     f"backfill '{run.name}' has a newer active run: retry that one, or cancel it first"
                 ) from None
-            return self._run(conn, run.id), requeued
+            self._record(conn, *changes)
+            return self._run(conn, run.id), len(failed)
+
+    def tune(self, run: Run, tuning: Tuning) -> Run:
+        """Change a run's knobs; batches planned or claimed from now on use them."""
+        with self.begin() as conn:
+            conn.execute(update(runs).where(runs.c.id == run.id).values(**_tuning_values(tuning), updated_at=utcnow()))
+            return self._run(conn, run.id)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -364,20 +431,7 @@ class Store:
         nothing is written and None comes back, so batches never overlap.
         """
         now = utcnow()
-        rows: list[dict[str, Any]] = [
-            {
-                "run_id": run.id,
-                "seq": run.next_seq + i,
-                "phase": run.phase,
-                "first_key": encode_key(span.first),
-                "last_key": encode_key(span.last),
-                "rows": span.rows,
-                "status": BatchStatus.PENDING,
-                "attempts": 0,
-                "created_at": now,
-            }
-            for i, span in enumerate(spans)
-        ]
+        rows = [_batch_values(run, run.next_seq + i, run.phase, span, now) for i, span in enumerate(spans)]
         with self.begin() as conn:
             moved = conn.execute(
                 update(runs)
@@ -390,6 +444,13 @@ class Store:
                 conn.execute(batches.insert().returning(batches.c.id, sort_by_parameter_order=True), rows)
                 .scalars()
                 .all()
+            )
+            self._record(
+                conn,
+                *(
+                    Event(run.name, run.id, BatchStatus.PENDING, None, i, r["seq"])
+                    for i, r in zip(ids, rows, strict=True)
+                ),
             )
         return [
             BatchRecord(
@@ -438,13 +499,51 @@ class Store:
     # -- batches ------------------------------------------------------------------------------
 
     def batch_counts(self, run_id: int) -> dict[BatchStatus, int]:
+        return self.batch_stats(run_id).counts
+
+    def batch_stats(self, run_id: int) -> BatchStats:
         with self.connect() as conn:
             rows = conn.execute(
-                select(batches.c.status, func.count()).where(batches.c.run_id == run_id).group_by(batches.c.status)
+                select(batches.c.status, batches.c.phase, func.count(), func.sum(batches.c.rows))
+                .where(batches.c.run_id == run_id)
+                .group_by(batches.c.status, batches.c.phase)
             ).all()
+            first = conn.execute(
+                select(batches.c.first_key).where(batches.c.run_id == run_id, batches.c.seq == 0)
+            ).scalar()
         counts = dict.fromkeys(BatchStatus, 0)
-        counts.update({BatchStatus(status): n for status, n in rows})
-        return counts
+        planned_main = 0
+        for status, phase, n, planned in rows:
+            counts[BatchStatus(status)] += n
+            if phase == Phase.MAIN and status != BatchStatus.SPLIT:
+                planned_main += int(planned or 0)
+        return BatchStats(counts, planned_main, first)
+
+    def recent_batches(self, run_id: int, limit: int = 10) -> list[BatchRecord]:
+        """The run's latest finished batches, newest first."""
+        query = (
+            select(batches)
+            .where(batches.c.run_id == run_id, batches.c.status == BatchStatus.SUCCEEDED)
+            .order_by(batches.c.finished_at.desc())
+            .limit(limit)
+        )
+        with self.connect() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def events_of(self, run_id: int, *, limit: int = 20, errors_only: bool = False) -> list[EventRecord]:
+        """The run's latest state changes, newest first."""
+        ev = tables.events
+        query = (
+            select(ev, batches.c.seq)
+            .select_from(ev.outerjoin(batches, batches.c.id == ev.c.batch_id))
+            .where(ev.c.run_id == run_id)
+            .order_by(ev.c.id.desc())
+            .limit(limit)
+        )
+        if errors_only:
+            query = query.where(ev.c.error.is_not(None))
+        with self.connect() as conn:
+            return [EventRecord(**r._mapping) for r in conn.execute(query)]
 
     def open_batches(self, run_id: int) -> list[BatchRecord]:
         """Batches planned and not yet done (pending or running), in key order."""
@@ -463,7 +562,7 @@ class Store:
         with self.connect() as conn:
             return [BatchRecord.from_row(r) for r in conn.execute(query)]
 
-    def claim(self, batch_id: int, worker: str, lease_seconds: float) -> Claim | None:
+    def claim(self, run: Run, batch_id: int, worker: str, lease_seconds: float) -> Claim | None:
         """pending -> running for one worker, only while its run is running.
 
         Committed on its own, before the work starts, so that the attempt counts even if the
@@ -487,10 +586,26 @@ class Store:
         with self.begin() as conn:
             if conn.dialect.update_returning:
                 row = conn.execute(claim.returning(*batches.c)).first()
-                return Claim(BatchRecord.from_row(row), token, worker) if row is not None else None
-            if not conn.execute(claim).rowcount:
-                return None
-            return Claim(self._batch(conn, batch_id), token, worker)
+                if row is None:
+                    return None
+                claimed = Claim(run.name, BatchRecord.from_row(row), token, worker)
+            else:
+                if not conn.execute(claim).rowcount:
+                    return None
+                claimed = Claim(run.name, self._batch(conn, batch_id), token, worker)
+            self._record(conn, claimed.event(BatchStatus.RUNNING, BatchStatus.PENDING))
+            return claimed
+
+    def extend_lease(self, claim: Claim, lease_seconds: float) -> bool:
+        """The heartbeat of a batch in progress: its worker is alive, keep the batch its own."""
+        with self.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(batches)
+                    .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
+                    .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+                ).rowcount
+            )
 
     def complete(self, conn: Connection, claim: Claim, *, rows_affected: int | None, duration_ms: float) -> bool:
         """Mark the batch succeeded inside the batch's own transaction.
@@ -528,18 +643,20 @@ class Store:
                 updated_at=now,
             )
         )
+        self._record(conn, claim.event(BatchStatus.SUCCEEDED))
         return True
 
     def record_retry(self, claim: Claim, error: str) -> bool:
         """Count one more attempt of a claimed batch after a transient error."""
         with self.begin() as conn:
-            return bool(
-                conn.execute(
-                    update(batches)
-                    .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
-                    .values(attempts=batches.c.attempts + 1, error=error)
-                ).rowcount
-            )
+            counted = conn.execute(
+                update(batches)
+                .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
+                .values(attempts=batches.c.attempts + 1, error=error)
+            ).rowcount
+            if counted:
+                self._record(conn, claim.event(BatchStatus.RUNNING, error=f"retrying: {error}"))
+            return bool(counted)
 
     def fail(self, claim: Claim, error: str) -> bool:
         """running -> failed, with the error kept on the batch and on its run."""
@@ -560,6 +677,7 @@ class Store:
                         updated_at=now,
                     )
                 )
+                self._record(conn, claim.event(BatchStatus.FAILED, error=error))
             return bool(failed)
 
     def release_stale(self, run: Run, *, is_abandoned: Callable[[str], bool] | None = None) -> int:
@@ -571,9 +689,9 @@ class Store:
         now = utcnow()
         with self.begin() as conn:
             running = conn.execute(
-                select(batches.c.id, batches.c.worker, batches.c.lease_expires_at, batches.c.attempts).where(
-                    batches.c.run_id == run.id, batches.c.status == BatchStatus.RUNNING
-                )
+                select(
+                    batches.c.id, batches.c.seq, batches.c.worker, batches.c.lease_expires_at, batches.c.attempts
+                ).where(batches.c.run_id == run.id, batches.c.status == BatchStatus.RUNNING)
             ).all()
             stale = [
                 r
@@ -596,7 +714,11 @@ class Store:
                         finished_at=now if give_up else None,
                     )
                 ).rowcount
-                if changed and give_up:
+                if not changed:
+                    continue
+                after = BatchStatus.FAILED if give_up else BatchStatus.PENDING
+                self._record(conn, Event(run.name, run.id, after, BatchStatus.RUNNING, r.id, r.seq, r.worker, error))
+                if give_up:
                     conn.execute(
                         update(runs)
                         .where(runs.c.id == run.id)
@@ -670,6 +792,51 @@ class Store:
     @staticmethod
     def _batch(conn: Connection, batch_id: int) -> BatchRecord:
         return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
+
+
+_EVENTS = "backfill_events"
+"""Where a connection keeps the events of its open transaction until they are logged."""
+
+
+def _tuning_values(tuning: Tuning) -> dict[str, Any]:
+    return {name: getattr(tuning, name) for name in tuning.__dataclass_fields__}
+
+
+def new_run_values(definition: Backfill, tuning: Tuning, now: Any) -> dict[str, Any]:
+    """The row of a newly queued run (also rendered into SQL scripts by the Alembic ops)."""
+    return {
+        "name": definition.name,
+        "active_name": definition.name,
+        "status": RunStatus.PENDING.value,
+        "phase": Phase.MAIN.value,
+        "table_name": definition.table,
+        "schema_name": definition.schema,
+        "key_columns": list(definition.key),
+        "planned_all": False,
+        "next_seq": 0,
+        **_tuning_values(tuning),
+        "rows_total_estimated": False,
+        "rows_done": 0,
+        "rows_affected": 0,
+        "batches_done": 0,
+        "batches_failed": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _batch_values(run: Run, seq: int, phase: Phase, span: Span, now: datetime) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "seq": seq,
+        "phase": phase,
+        "first_key": encode_key(span.first),
+        "last_key": encode_key(span.last),
+        "rows": span.rows,
+        "status": BatchStatus.PENDING,
+        "attempts": 0,
+        "created_at": now,
+    }
 
 
 class _Borrowed:

@@ -52,6 +52,8 @@ runs = Table(
     Column("max_attempts", Integer, nullable=False),
     Column("statement_timeout", Float, nullable=False),
     Column("lock_timeout", Float, nullable=False),
+    Column("max_failed_ratio", Float, nullable=False, default=0.2),
+    Column("min_batches_for_ratio", Integer, nullable=False, default=10),
     Column("rows_total", BigInteger),
     Column("rows_total_estimated", Boolean, nullable=False, default=False),
     Column("rows_done", BigInteger, nullable=False, default=0),
@@ -92,4 +94,18 @@ batches = Table(
     UniqueConstraint("run_id", "seq", name="uq_backfill_batches_run_seq"),
     Index("ix_backfill_batches_run_status", "run_id", "status"),
     Index("ix_backfill_batches_run_finished", "run_id", "finished_at"),
+)
+
+events = Table(
+    "backfill_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("run_id", Id, ForeignKey("backfill_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("batch_id", Id, ForeignKey("backfill_batches.id", ondelete="CASCADE")),
+    Column("before", String(16)),
+    Column("after", String(16), nullable=False),
+    Column("worker", String(255)),
+    Column("error", Text),
+    Column("at", Timestamp, nullable=False),
+    Index("ix_backfill_events_run", "run_id", "id"),
 )

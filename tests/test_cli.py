@@ -116,7 +116,7 @@ def test_start_status_json_and_a_second_start(db: Database) -> None:
     ran = db.cli("run", "counter_int", "--no-progress")
     assert ran.returncode == 0, ran.stderr
     assert "finished: 250 rows in 3 batches" in ran.stdout
-    entry = json.loads(db.cli("status", "counter_int", "--json").stdout)[0]
+    entry = json.loads(db.cli("status", "counter_int", "--json").stdout)
     assert (entry["status"], entry["rows_done"], entry["batches_done"], entry["batches_pending"]) == (
         "finished",
         250,
@@ -158,7 +158,7 @@ def test_failure_exit_code_and_retry_through_the_cli(db: Database) -> None:
     assert failed.returncode == 1
     line = one_error_line(failed)
     assert "row 77 is poisoned" in line and "backfill retry poisoned" in line
-    entry = json.loads(db.cli("status", "poisoned", "--json").stdout)[0]
+    entry = json.loads(db.cli("status", "poisoned", "--json").stdout)
     assert entry["status"] == "failed" and entry["batches_failed"] == 1
     assert "row 77 is poisoned" in entry["last_error"]
 

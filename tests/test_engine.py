@@ -185,7 +185,7 @@ def test_a_worker_that_lost_its_claim_cannot_commit(db: Database) -> None:
     app = db.app()
     run = app.start("counter_int")
     batch = Scheduler(app.store, app.targets).tick(run).pending[0]
-    slow_claim = app.store.claim(batch.id, "slow-worker", lease_seconds=60)
+    slow_claim = app.store.claim(run, batch.id, "slow-worker", lease_seconds=60)
     assert slow_claim is not None
     # The slow worker's lease is deemed lost; the batch goes back and another worker runs it.
     assert app.store.release_stale(run, is_abandoned=lambda worker: worker == "slow-worker") == 1

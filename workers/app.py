@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
-from backfill import App
+from backfill import App, events
 from backfill.dispatch import Dispatcher
+from backfill.metrics import serve
 from workers.settings import Settings
 
 settings = Settings.from_env()
@@ -41,4 +42,25 @@ def _dispose(**_: object) -> None:
         backfill_app().store.engine.dispose()
 
 
+@functools.cache
+def metrics_app() -> App:
+    """The main process's own App, for metrics: never the one its children use."""
+    return App.from_settings(app=None, database_url=None)
+
+
+def _serve_metrics(**_: object) -> None:
+    events.configure("INFO")
+    if settings.metrics_port is not None:
+        serve(metrics_app().store, settings.metrics_port)
+
+
+def _forget_parent_connections(**_: object) -> None:
+    """A child forked from the main process must not touch the main process's connections."""
+    events.configure("INFO")
+    if metrics_app.cache_info().currsize:
+        metrics_app().store.engine.dispose(close=False)
+
+
 worker_process_shutdown.connect(_dispose)
+worker_init.connect(_serve_metrics)
+worker_process_init.connect(_forget_parent_connections)

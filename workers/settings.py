@@ -18,6 +18,8 @@ class Settings:
     """How often the scheduler (Celery beat) sends the tick that plans and re-sends batches."""
     redispatch_seconds: float = 60.0
     """A pending batch whose message is older than this is sent again (the message may be lost)."""
+    metrics_port: int | None = None
+    """When set, the worker's main process serves Prometheus metrics on this port."""
     visibility_timeout: float = 3600.0
     """Redis hands an unacknowledged message to another worker after this long: far longer than
     any batch (statement timeout x attempts), so a live worker's batch is never re-delivered."""
@@ -35,6 +37,7 @@ class Settings:
             tick_seconds=number("BACKFILL_TICK_SECONDS", defaults.tick_seconds),
             redispatch_seconds=number("BACKFILL_REDISPATCH_SECONDS", defaults.redispatch_seconds),
             visibility_timeout=number("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
+            metrics_port=int(env["BACKFILL_METRICS_PORT"]) if env.get("BACKFILL_METRICS_PORT") else None,
         )
 
     def celery_config(self) -> dict[str, Any]:

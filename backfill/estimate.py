@@ -1,0 +1,102 @@
+"""How long a backfill would take, measured by running a few of its batches in transactions
+that are rolled back: the real work on the real table, and nothing changed."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+from backfill import dialects, keyset
+from backfill.definition import Batch, Key, Tuning
+from backfill.keyset import Span
+from backfill.status import Phase
+from backfill.store import Store
+from backfill.target import Target
+
+
+@dataclass(frozen=True)
+class Estimate:
+    name: str
+    rows: int
+    rows_is_estimate: bool
+    tuning: Tuning
+    sample_ms: tuple[float, ...]
+    sample_rows: tuple[int, ...]
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(self.rows / self.tuning.batch_size)
+
+    @property
+    def batch_ms(self) -> float:
+        """Median time of a full batch, scaled from the samples' rows."""
+        if not self.sample_ms:
+            return 0.0
+        per_row = [ms / rows for ms, rows in zip(self.sample_ms, self.sample_rows, strict=True) if rows]
+        return statistics.median(per_row) * self.tuning.batch_size if per_row else 0.0
+
+    @property
+    def seconds(self) -> float:
+        """The work alone, spread over the run's parallelism: scheduling adds to it."""
+        return self.batches * self.batch_ms / 1000 / self.tuning.parallelism
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "rows_is_estimate": self.rows_is_estimate,
+            "batch_size": self.tuning.batch_size,
+            "parallelism": self.tuning.parallelism,
+            "batches": self.batches,
+            "sampled_batches": len(self.sample_ms),
+            "sample_ms": [round(ms, 2) for ms in self.sample_ms],
+            "batch_ms": round(self.batch_ms, 2),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def sample_spans(store: Store, target: Target, tuning: Tuning, samples: int) -> list[Span]:
+    """Batches to try: spread over the key range for a one-column integer key (the cost of a
+    batch should not depend on where it is: this checks), else the first ones."""
+    columns = target.key_columns
+    with store.connect() as connection:
+        first = keyset.next_spans(connection, columns, cursor=None, end=None, size=tuning.batch_size, count=1)
+        if not first:
+            return []
+        low, high = first[0].first[0], keyset.last_key(connection, columns)
+        if len(columns) == 1 and isinstance(low, int) and high is not None and isinstance(high[0], int) and samples > 1:
+            spans = list(first)
+            for i in range(1, samples):
+                cursor: Key = (low + (high[0] - low) * i // samples,)
+                spans += keyset.next_spans(connection, columns, cursor=cursor, end=None, size=tuning.batch_size)
+            return spans
+        return keyset.next_spans(connection, columns, cursor=None, end=None, size=tuning.batch_size, count=samples)
+
+
+def estimate(store: Store, target: Target, tuning: Tuning, *, samples: int = 3) -> Estimate:
+    spans = sample_spans(store, target, tuning, samples)
+    timings: list[float] = []
+    with store.engine.connect() as connection:
+        rows, is_estimate = dialects.estimate_rows(connection, target.table)
+        for seq, span in enumerate(spans):
+            batch = Batch(0, 0, seq, Phase.MAIN, target.definition.key, span.first, span.last, span.rows)
+            dialects.before_begin(connection, tuning.lock_timeout)
+            transaction = connection.begin()
+            try:
+                dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
+                started = time.perf_counter()
+                target.definition.run_work(connection, batch)
+                timings.append((time.perf_counter() - started) * 1000)
+            finally:
+                transaction.rollback()
+                dialects.after_end(connection)
+    return Estimate(
+        name=target.definition.name,
+        rows=rows,
+        rows_is_estimate=is_estimate,
+        tuning=tuning,
+        sample_ms=tuple(timings),
+        sample_rows=tuple(s.rows for s in spans),
+    )

@@ -1,0 +1,93 @@
+"""State changes of runs and batches, as structured log lines.
+
+The store keeps every change in ``backfill_events`` (so a failed batch can be diagnosed long
+after) and hands it here once its transaction has committed: a line is never logged for a
+change that was rolled back. ``BACKFILL_LOG_FORMAT=json`` makes each line one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+LOG_FORMAT_ENV = "BACKFILL_LOG_FORMAT"
+LOG_LEVEL_ENV = "BACKFILL_LOG_LEVEL"
+
+logger = logging.getLogger("backfill.events")
+
+
+@dataclass(frozen=True)
+class Event:
+    backfill: str
+    run_id: int
+    after: str
+    before: str | None = None
+    batch_id: int | None = None
+    seq: int | None = None
+    worker: str | None = None
+    error: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return "batch" if self.batch_id is not None else "run"
+
+    def row(self, at: datetime) -> dict[str, object]:
+        return {
+            "run_id": self.run_id,
+            "batch_id": self.batch_id,
+            "before": self.before,
+            "after": self.after,
+            "worker": self.worker,
+            "error": self.error,
+            "at": at,
+        }
+
+
+def log(events: list[Event]) -> None:
+    for event in events:
+        level = logging.WARNING if event.after == "failed" or event.error else logging.INFO
+        if event.subject == "batch" and level == logging.INFO:
+            level = logging.DEBUG if event.after in ("pending", "running") else logging.INFO
+        if logger.isEnabledFor(level):
+            fields = {k: v for k, v in asdict(event).items() if v is not None}
+            logger.log(
+                level, "%s %s -> %s", event.subject, event.before or "new", event.after, extra={"fields": fields}
+            )
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        payload.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
+        return f"{self.formatTime(record)} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
+
+
+def configure(default_level: str) -> None:
+    """Send the library's log lines to stderr: JSON or text per BACKFILL_LOG_FORMAT, at
+    BACKFILL_LOG_LEVEL, else ``default_level`` (quiet for the CLI, whose summary says what
+    failed; INFO for workers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    json_format = os.environ.get(LOG_FORMAT_ENV, "").lower() == "json"
+    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    root = logging.getLogger("backfill")
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get(LOG_LEVEL_ENV, default_level).upper())
+    root.propagate = False
