@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import ColumnElement, Executable, TextClause, and_, text, tuple_
+from sqlalchemy import ColumnElement, Executable, TextClause, and_, text
 
 from backfill.errors import DefinitionError
 from backfill.status import Phase
@@ -66,8 +66,9 @@ class Batch:
             raise ValueError(f"batch key has {len(self.key_columns)} columns, got {len(columns)}")
         if len(columns) == 1:
             return columns[0].between(self.first[0], self.last[0])
-        row = tuple_(*columns)
-        return and_(row >= tuple_(*self.first), row <= tuple_(*self.last))
+        from backfill.keyset import row_compare  # keyset builds on these values
+
+        return and_(row_compare(columns, ">=", self.first), row_compare(columns, "<=", self.last))
 
 
 @dataclass(frozen=True)

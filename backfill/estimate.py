@@ -80,6 +80,7 @@ def estimate(store: Store, target: Target, tuning: Tuning, *, samples: int = 3) 
     timings: list[float] = []
     with store.engine.connect() as connection:
         rows, is_estimate = dialects.estimate_rows(connection, target.table)
+        connection.rollback()  # end the read's transaction: each sample has its own
         for seq, span in enumerate(spans):
             batch = Batch(0, 0, seq, Phase.MAIN, target.definition.key, span.first, span.last, span.rows)
             dialects.before_begin(connection, tuning.lock_timeout)

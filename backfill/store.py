@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, inspect, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, case, exists, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backfill import events, tables
@@ -571,9 +571,19 @@ class Store:
         token = secrets.token_hex(16)
         now = utcnow()
         run_is_running = exists().where(runs.c.id == batches.c.run_id, runs.c.status == RunStatus.RUNNING)
+        target: ColumnElement[bool] = batches.c.id == batch_id
+        if self.engine.dialect.name == "postgresql":
+            # A claim another transaction is still making (its process frozen mid-claim, say)
+            # is skipped, not waited for: the batch comes back once that transaction is gone.
+            target = batches.c.id == (
+                select(batches.c.id)
+                .where(batches.c.id == batch_id)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
         claim = (
             update(batches)
-            .where(batches.c.id == batch_id, batches.c.status == BatchStatus.PENDING, run_is_running)
+            .where(target, batches.c.status == BatchStatus.PENDING, run_is_running)
             .values(
                 status=BatchStatus.RUNNING,
                 attempts=batches.c.attempts + 1,
@@ -673,7 +683,11 @@ class Store:
                     .where(runs.c.id == claim.batch.run_id)
                     .values(
                         batches_failed=runs.c.batches_failed + 1,
-                        last_error=f"batch {claim.batch.seq}: {error}",
+                        # A run that already stopped keeps the reason it stopped for.
+                        last_error=case(
+                            (runs.c.status == RunStatus.RUNNING, f"batch {claim.batch.seq}: {error}"),
+                            else_=runs.c.last_error,
+                        ),
                         updated_at=now,
                     )
                 )

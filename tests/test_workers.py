@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
 from tests.test_engine import counter_histogram
+from tests.test_operating import free_port
 from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
@@ -62,7 +64,8 @@ def assert_clean_finish(db: Database, name: str, rows: int) -> Run:
 
 def test_workers_run_a_started_backfill_in_parallel(db: Database, cluster: Cluster) -> None:
     counters.fill(db.engine, items, list(range(1, 1001)))
-    cluster.start_worker("w1", concurrency=2)
+    port = free_port()
+    cluster.start_worker("w1", concurrency=2, BACKFILL_METRICS_PORT=str(port))
     cluster.start_worker("w2", concurrency=2)
     cluster.start_scheduler()
     assert db.cli("start", "counter_int", "--parallelism", "4").returncode == 0
@@ -74,6 +77,9 @@ def test_workers_run_a_started_backfill_in_parallel(db: Database, cluster: Clust
         assert after.first_key > before.last_key
     processes = {b.worker.split(":")[1] for b in batches if b.worker}
     assert len(processes) >= 2, "batches ran in one process only"
+    # Any worker's metrics describe the whole run, read from the store.
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert f'backfill_rows_processed_total{{backfill="counter_int",run="{run.id}"}} 1000.0' in body
 
 
 def test_a_worker_killed_mid_batch(db: Database, cluster: Cluster) -> None:

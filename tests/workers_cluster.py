@@ -41,15 +41,19 @@ class Cluster:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "backfill", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "backfill", *args],
+            cwd=ROOT,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str, concurrency: int = 1) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, concurrency: int = 1, **env: str) -> subprocess.Popen[bytes]:
         process = self._spawn(
             name,
             "worker",
@@ -59,6 +63,7 @@ class Cluster:
             f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
+            **env,
         )
         self.wait_for_log(name, "ready.")
         return process
