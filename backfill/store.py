@@ -576,10 +576,7 @@ class Store:
             # A claim another transaction is still making (its process frozen mid-claim, say)
             # is skipped, not waited for: the batch comes back once that transaction is gone.
             target = batches.c.id == (
-                select(batches.c.id)
-                .where(batches.c.id == batch_id)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
+                select(batches.c.id).where(batches.c.id == batch_id).with_for_update(skip_locked=True).scalar_subquery()
             )
         claim = (
             update(batches)
