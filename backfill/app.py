@@ -3,7 +3,6 @@ per thing an operator does. The CLI, the Celery tasks and the Alembic operations
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -165,16 +164,7 @@ class App:
                 for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
                     first, last = target.decode(batch.first_key), target.decode(batch.last_key)
                     assert first is not None and last is not None
-                    size = max(1, math.ceil(batch.rows / 2))
-                    spans = keyset.next_spans(
-                        connection,
-                        target.key_columns,
-                        cursor=None,
-                        end=last,
-                        size=size,
-                        count=batch.rows + 1,
-                        where=keyset.at_least(target.key_columns, first),
-                    )
+                    spans = keyset.halves(connection, target.key_columns, first, last, batch.rows)
                     if len(spans) > 1:
                         splits[batch.id] = spans
         return self.store.reopen_failed(run, splits)

@@ -25,6 +25,7 @@ Key: TypeAlias = tuple[Any, ...]
 WorkFunction: TypeAlias = "Callable[[Connection, Batch], int | None]"
 Work: TypeAlias = "str | TextClause | Executable | WorkFunction"
 Pending: TypeAlias = "str | Callable[[Table], ColumnElement[bool]]"
+HealthCheck: TypeAlias = "Callable[[Connection], str | None]"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,119}$")
 
@@ -81,6 +82,7 @@ class Tuning:
     """
 
     batch_size: int = 1000
+    """Keys per batch to start with; adapted towards ``target_batch_seconds`` as the run goes."""
     parallelism: int = 1
     max_attempts: int = 5
     statement_timeout: float = 10.0
@@ -91,11 +93,40 @@ class Tuning:
     """...counted over at least this many finished batches. Below the ratio it carries on and
     reports its failed batches at the end: a systematic bug stops a run within a few batches,
     a handful of bad rows does not stop a night's work."""
+    target_batch_seconds: float = 0.3
+    """The batch duration the batch size is steered towards (0 keeps the size fixed). Long
+    enough that a batch's fixed cost (claim, checkpoint, commit: a few milliseconds) stays a
+    few percent of it; short enough that the rows a batch locks are released within a blink of
+    the application's own latency budget, and far inside ``statement_timeout``."""
+    min_batch_size: int = 100
+    max_batch_size: int = 50_000
+    max_rows_per_second: float = 0.0
+    """A cap on the run's rate across all its workers (0: none)."""
+    pause_seconds: float = 0.0
+    """Sleep after each batch, per worker slot."""
+    nice_ratio: float = 0.0
+    """Sleep after each batch for this multiple of its duration (gh-ost's nice-ratio): 1.0
+    leaves the database idle of this run half the time."""
+    max_replica_lag: float = 30.0
+    """Hold the run while a replica lags more than this many seconds (0: don't check)."""
+    max_transaction_age: float = 600.0
+    """Hold the run while a transaction has been open longer than this many seconds: it keeps
+    vacuum from cleaning up the dead rows every batch leaves (0: don't check)."""
+    max_connections_used: float = 0.9
+    """Hold the run while more than this share of the server's connections is active (0: don't
+    check)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_failed_ratio, int | float) or not 0 <= self.max_failed_ratio <= 1:
             raise DefinitionError(f"max_failed_ratio must be between 0 and 1, got {self.max_failed_ratio!r}")
-        for name in ("batch_size", "parallelism", "max_attempts", "min_batches_for_ratio"):
+        for name in (
+            "batch_size",
+            "parallelism",
+            "max_attempts",
+            "min_batches_for_ratio",
+            "min_batch_size",
+            "max_batch_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -103,6 +134,13 @@ class Tuning:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise DefinitionError(f"{name} must be a number of seconds > 0, got {value!r}")
+        for name in ("target_batch_seconds", "max_rows_per_second", "pause_seconds", "nice_ratio",
+                     "max_replica_lag", "max_transaction_age", "max_connections_used"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise DefinitionError(f"{name} must be a number >= 0, got {value!r}")
+        if self.min_batch_size > self.max_batch_size:
+            raise DefinitionError(f"min_batch_size {self.min_batch_size} is above max_batch_size {self.max_batch_size}")
 
     def replace(self, overrides: Mapping[str, Any]) -> Tuning:
         unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
@@ -134,6 +172,10 @@ class Backfill:
     ``columns`` names the columns the work fills: checked to exist at start, and used to name
     the backfill when a NOT NULL check on one of them fails.
 
+    ``health_checks`` are the application's own signals, beside the database's (replica lag,
+    long transactions, connections: see ``Tuning``): each is given a connection and returns why
+    the database should be left alone now, or None. While one says so, the run is held.
+
     ``exclusive`` backfills have their table to themselves: another run on the same table waits
     (when queued) or is refused (when started by hand) until it is over. Two backfills run on one
     table together only when neither is exclusive.
@@ -149,6 +191,7 @@ class Backfill:
     tuning: Tuning = field(default_factory=Tuning)
     description: str = ""
     exclusive: bool = True
+    health_checks: tuple[HealthCheck, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -161,6 +204,7 @@ class Backfill:
         object.__setattr__(self, "key", key)
         columns = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
         object.__setattr__(self, "columns", columns)
+        object.__setattr__(self, "health_checks", tuple(self.health_checks))
         if not isinstance(self.table, str) or not self.table:
             raise DefinitionError(f"backfill {self.name!r}: table must be a table name")
         if isinstance(self.work, str):
@@ -199,6 +243,7 @@ def define(
     schema: str | None = None,
     description: str = "",
     exclusive: bool = True,
+    health_checks: tuple[HealthCheck, ...] = (),
     **tuning: Any,
 ) -> Callable[[WorkFunction], Backfill]:
     """Decorator form for Python work: the function becomes the backfill (named after it unless
@@ -216,6 +261,7 @@ def define(
             tuning=Tuning().replace(tuning),
             description=description,
             exclusive=exclusive,
+            health_checks=health_checks,
         )
 
     return decorate

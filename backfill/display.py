@@ -80,6 +80,8 @@ def status_table(runs: list[RunProgress]) -> Table:
         )
         percent = "" if data["percent"] is None else f" {data['percent']:.1f}%"
         status = run.status.value + (" (final pass)" if run.phase.value == "catchup" and run.status.is_active else "")
+        if data["held_reason"]:
+            status += f" (held: {data['held_reason']})"
         table.add_row(
             run.name,
             str(run.id),

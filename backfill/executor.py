@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from tenacity import RetryCallState
 
-from backfill import dialects
+from backfill import dialects, keyset
 from backfill.definition import Batch
 from backfill.status import ErrorKind
 from backfill.store import Claim, Run, Store
@@ -103,6 +103,8 @@ class Heartbeat:
 class Result(enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SPLIT = "split"
+    """Ran out of time and was replaced by two smaller batches."""
     SKIPPED = "skipped"
     """Not ours to run: already done, claimed by another worker, or its run is not running."""
 
@@ -151,6 +153,8 @@ class Executor:
             return Outcome(batch_id, Result.SKIPPED, attempts=attempts)
         except Exception as exc:
             error = dialects.error_text(exc)
+            if dialects.classify(exc) is ErrorKind.TIMEOUT and self._split(target, claim, error):
+                return Outcome(batch_id, Result.SPLIT, rows=claim.batch.rows, attempts=attempts, error=error)
             if dialects.classify(exc) is ErrorKind.TIMEOUT:
                 error = (
                     f"batch exceeded its statement timeout of {run.tuning.statement_timeout:g}s ({error}): "
@@ -160,6 +164,9 @@ class Executor:
                 error = f"gave up after {claim.batch.attempts + attempts - 1} attempts: {error}"
             self.store.fail(claim, error)
             return Outcome(batch_id, Result.FAILED, rows=claim.batch.rows, attempts=attempts, error=error)
+        pause = run.tuning.pause_seconds + run.tuning.nice_ratio * duration_ms / 1000
+        if pause:
+            time.sleep(pause)  # throttling: this worker slot leaves the database alone a while
         return Outcome(
             batch_id,
             Result.SUCCEEDED,
@@ -168,6 +175,19 @@ class Executor:
             duration_ms=duration_ms,
             attempts=attempts,
         )
+
+    def _split(self, target: Target, claim: Claim, error: str) -> bool:
+        """Replace a batch that ran out of time by its two halves, when it can be cut."""
+        record = claim.batch
+        if record.rows < 2:
+            return False
+        first, last = target.decode(record.first_key), target.decode(record.last_key)
+        assert first is not None and last is not None
+        with self.store.connect() as connection:
+            spans = keyset.halves(connection, target.key_columns, first, last, record.rows)
+        if len(spans) < 2:
+            return False
+        return self.store.split(claim, spans, f"split in two after a statement timeout: {error}")
 
     def _run_once(self, run: Run, target: Target, claim: Claim) -> tuple[int | None, float]:
         record = claim.batch

@@ -189,6 +189,19 @@ def next_spans(
     return spans
 
 
+def halves(connection: Connection, columns: Sequence[Column[Any]], first: Key, last: Key, rows: int) -> list[Span]:
+    """The keys from ``first`` to ``last`` (both included) in two spans of about half each."""
+    return next_spans(
+        connection,
+        columns,
+        cursor=None,
+        end=last,
+        size=max(1, -(-rows // 2)),
+        count=rows + 1,
+        where=at_least(columns, first),
+    )
+
+
 def last_key(connection: Connection, columns: Sequence[Column[Any]]) -> Key | None:
     """The greatest key, read from the end of the index."""
     row = connection.execute(select(*columns).order_by(*[c.desc() for c in columns]).limit(1)).first()

@@ -78,6 +78,8 @@ class RunProgress:
             "started_at": _iso(run.started_at),
             "finished_at": _iso(run.finished_at),
             "last_error": run.last_error,
+            "held_reason": run.held_reason if run.status is RunStatus.RUNNING else None,
+            "held_since": _iso(run.held_since) if run.status is RunStatus.RUNNING else None,
         }
 
 

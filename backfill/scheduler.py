@@ -9,14 +9,23 @@ whose messages or workers were all lost is planned again from the database alone
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
-from backfill import dialects, keyset
+from backfill import dialects, health, keyset
 from backfill.keyset import encode_key
 from backfill.status import BatchStatus, Phase, RunStatus
-from backfill.store import BatchRecord, Run, Store
+from backfill.store import BatchRecord, Run, Store, utcnow
 from backfill.target import Targets
+
+HEALTH_SECONDS = 5.0
+RATE_WINDOW_SECONDS = 2.0
+ADAPT_EVERY = 3
+"""Batches between two adjustments of the batch size."""
+ADAPT_WINDOW = 8
+EMA_ALPHA = 0.3
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,9 @@ class Plan:
 
     @property
     def pending(self) -> tuple[BatchRecord, ...]:
+        """Planned batches to start now: none while the run is held."""
+        if self.run.held_reason:
+            return ()
         return tuple(b for b in self.open_batches if b.status is BatchStatus.PENDING)
 
     @property
@@ -50,6 +62,8 @@ class Scheduler:
         self.store = store
         self.targets = targets
         self.lookahead = lookahead
+        self._health: dict[int, tuple[float, str | None]] = {}
+        self._adapted_at: dict[int, int] = {}
 
     def activate(self, run: Run) -> Run:
         """pending -> running: fix the run's end at the key's current maximum.
@@ -101,7 +115,13 @@ class Scheduler:
                 ),
             )
             return Plan(stopped or self.store.get_run(run.id), ())
+        run = self._adapt(run)
         open_batches = self.store.open_batches(run.id)
+        reason = self._hold_reason(run, open_batches)
+        if reason != run.held_reason:
+            run = self.store.hold(run, reason)
+        if reason:
+            return Plan(run, tuple(open_batches))
         wanted = run.tuning.parallelism + self.lookahead
         while len(open_batches) < wanted and not run.planned_all:
             planned = self._plan(run, wanted - len(open_batches))
@@ -117,6 +137,52 @@ class Scheduler:
             if run.status is RunStatus.RUNNING and not run.planned_all:
                 return self.tick(run)
         return Plan(run, tuple(open_batches))
+
+    def _hold_reason(self, run: Run, open_batches: list[BatchRecord]) -> str | None:
+        """Why no new batch should start now: the rate cap, or the database's health (checked
+        every HEALTH_SECONDS per run; a check costs a few catalog queries)."""
+        tuning = run.tuning
+        if tuning.max_rows_per_second:
+            since = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
+            in_flight = sum(b.rows for b in open_batches if b.status is BatchStatus.RUNNING)
+            recent = self.store.recent_rows(run.id, since) + in_flight + tuning.batch_size
+            if recent > tuning.max_rows_per_second * RATE_WINDOW_SECONDS:
+                return f"rate cap of {tuning.max_rows_per_second:g} rows/s"
+        checked_at, reason = self._health.get(run.id, (0.0, None))
+        if time.monotonic() - checked_at >= HEALTH_SECONDS:
+            definition = self.targets.get(run.name).definition
+            with self.store.connect() as connection:
+                reason = health.unhealthy(connection, definition, tuning)
+            self._health[run.id] = (time.monotonic(), reason)
+        return reason
+
+    def _adapt(self, run: Run) -> Run:
+        """Steer the batch size towards the target batch duration.
+
+        An exponential moving average of the recent batches' time per row (newest weighing
+        most) gives the size that would take ``target_batch_seconds``; the size moves there by
+        at most a factor of two per step, within [min_batch_size, max_batch_size], and only
+        when it would change by more than a tenth — so one slow batch does not whipsaw it.
+        """
+        tuning = run.tuning
+        if not tuning.target_batch_seconds or run.phase is not Phase.MAIN:
+            return run
+        if run.batches_done - self._adapted_at.get(run.id, 0) < ADAPT_EVERY:
+            return run
+        self._adapted_at[run.id] = run.batches_done
+        recent = [b for b in reversed(self.store.recent_batches(run.id, ADAPT_WINDOW)) if b.rows and b.duration_ms]
+        if len(recent) < ADAPT_EVERY:
+            return run
+        ema = recent[0].duration_ms / recent[0].rows  # type: ignore[operator]
+        for batch in recent[1:]:
+            ema = EMA_ALPHA * (batch.duration_ms / batch.rows) + (1 - EMA_ALPHA) * ema  # type: ignore[operator]
+        ideal = tuning.target_batch_seconds * 1000 / max(ema, 1e-6)
+        size = tuning.batch_size
+        proposed = min(max(ideal, size / 2), size * 2)
+        proposed = int(min(max(proposed, tuning.min_batch_size), tuning.max_batch_size))
+        if abs(proposed - size) <= size / 10:
+            return run
+        return self.store.tune(run, dataclasses.replace(tuning, batch_size=proposed))
 
     def _plan(self, run: Run, count: int) -> tuple[Run, list[BatchRecord]] | None:
         """Plan up to ``count`` batches; (run, []) once the phase has no keys left, or None when

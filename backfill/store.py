@@ -47,6 +47,8 @@ class Run:
     planned_all: bool
     next_seq: int
     tuning: Tuning
+    held_reason: str | None
+    held_since: datetime | None
     rows_total: int | None
     rows_total_estimated: bool
     rows_done: int
@@ -74,15 +76,9 @@ class Run:
             end_key=m["end_key"],
             planned_all=bool(m["planned_all"]),
             next_seq=m["next_seq"],
-            tuning=Tuning(
-                batch_size=m["batch_size"],
-                parallelism=m["parallelism"],
-                max_attempts=m["max_attempts"],
-                statement_timeout=m["statement_timeout"],
-                lock_timeout=m["lock_timeout"],
-                max_failed_ratio=m["max_failed_ratio"],
-                min_batches_for_ratio=m["min_batches_for_ratio"],
-            ),
+            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__}),
+            held_reason=m["held_reason"],
+            held_since=m["held_since"],
             rows_total=m["rows_total"],
             rows_total_estimated=bool(m["rows_total_estimated"]),
             rows_done=m["rows_done"],
@@ -394,7 +390,7 @@ class Store:
                 for span in spans or ():
                     new_id = conn.execute(
                         batches.insert()
-                        .values(_batch_values(run, next_seq, batch.phase, span, now))
+                        .values(_batch_values(run.id, next_seq, batch.phase, span, now))
                         .returning(batches.c.id)
                     ).scalar_one()
                     changes.append(Event(run.name, run.id, BatchStatus.PENDING, None, new_id, next_seq))
@@ -416,6 +412,24 @@ class Store:
             self._record(conn, *changes)
             return self._run(conn, run.id), len(failed)
 
+    def hold(self, run: Run, reason: str | None) -> Run:
+        """Mark a running run held (nothing new starts) with its reason, or released (None)."""
+        now = utcnow()
+        with self.begin() as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING)
+                .values(
+                    held_reason=reason,
+                    held_since=case((runs.c.held_reason.is_(None), now), else_=runs.c.held_since) if reason else None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if changed and reason != run.held_reason:
+                note = f"held: {reason}" if reason else f"released after: {run.held_reason}"
+                self._record(conn, Event(run.name, run.id, RunStatus.RUNNING, RunStatus.RUNNING, error=note))
+            return self._run(conn, run.id)
+
     def tune(self, run: Run, tuning: Tuning) -> Run:
         """Change a run's knobs; batches planned or claimed from now on use them."""
         with self.begin() as conn:
@@ -431,7 +445,7 @@ class Store:
         nothing is written and None comes back, so batches never overlap.
         """
         now = utcnow()
-        rows = [_batch_values(run, run.next_seq + i, run.phase, span, now) for i, span in enumerate(spans)]
+        rows = [_batch_values(run.id, run.next_seq + i, run.phase, span, now) for i, span in enumerate(spans)]
         with self.begin() as conn:
             moved = conn.execute(
                 update(runs)
@@ -691,6 +705,41 @@ class Store:
                 self._record(conn, claim.event(BatchStatus.FAILED, error=error))
             return bool(failed)
 
+    def split(self, claim: Claim, spans: Sequence[Span], error: str) -> bool:
+        """running -> split: a batch that ran out of time is replaced by smaller batches over
+        the same keys, and the run plans smaller batches from now on."""
+        now = utcnow()
+        with self.begin() as conn:
+            changed = conn.execute(
+                update(batches)
+                .where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
+                .values(status=BatchStatus.SPLIT, error=error, lease_token=None, finished_at=now)
+            ).rowcount
+            if not changed:
+                return False
+            next_seq = conn.execute(select(runs.c.next_seq).where(runs.c.id == claim.batch.run_id)).scalar_one()
+            changes = [claim.event(BatchStatus.SPLIT, error=error)]
+            for span in spans:
+                new_id = conn.execute(
+                    batches.insert()
+                    .values(_batch_values(claim.batch.run_id, next_seq, claim.batch.phase, span, now))
+                    .returning(batches.c.id)
+                ).scalar_one()
+                changes.append(Event(claim.backfill, claim.batch.run_id, BatchStatus.PENDING, None, new_id, next_seq))
+                next_seq += 1
+            smaller = max(1, max(span.rows for span in spans))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == claim.batch.run_id)
+                .values(
+                    next_seq=next_seq,
+                    batch_size=case((runs.c.batch_size > smaller, smaller), else_=runs.c.batch_size),
+                    updated_at=now,
+                )
+            )
+            self._record(conn, *changes)
+            return True
+
     def release_stale(self, run: Run, *, is_abandoned: Callable[[str], bool] | None = None) -> int:
         """Put back running batches whose lease ran out, or whose worker is known to be gone.
 
@@ -836,9 +885,9 @@ def new_run_values(definition: Backfill, tuning: Tuning, now: Any) -> dict[str, 
     }
 
 
-def _batch_values(run: Run, seq: int, phase: Phase, span: Span, now: datetime) -> dict[str, Any]:
+def _batch_values(run_id: int, seq: int, phase: Phase, span: Span, now: datetime) -> dict[str, Any]:
     return {
-        "run_id": run.id,
+        "run_id": run_id,
         "seq": seq,
         "phase": phase,
         "first_key": encode_key(span.first),

@@ -63,7 +63,8 @@ def fill(engine: Engine, table: Table, keys: list[Any]) -> None:
             connection.execute(table.insert(), rows[start : start + 5000])
 
 
-small = Tuning(batch_size=50)
+# Fixed batch sizes: these tests check batch boundaries, so the size must not adapt.
+small = Tuning(batch_size=50, target_batch_seconds=0)
 
 counter_int = Backfill(
     name="counter_int",
@@ -113,7 +114,7 @@ counter_uuid = Backfill(
 )
 
 
-@define(table="items", key="id", batch_size=10)
+@define(table="items", key="id", batch_size=10, target_batch_seconds=0)
 def counter_slow(connection: Connection, batch: Batch) -> int:
     """Slow batches, so a test can kill the runner in the middle of a run."""
     result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
@@ -121,7 +122,7 @@ def counter_slow(connection: Connection, batch: Batch) -> int:
     return result.rowcount
 
 
-@define(table="items", key="id", batch_size=50, max_attempts=2)
+@define(table="items", key="id", batch_size=50, max_attempts=2, target_batch_seconds=0)
 def poisoned(connection: Connection, batch: Batch) -> int:
     """Fails on batches holding an id listed in ``poison``, after having written its rows."""
     result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
@@ -171,7 +172,7 @@ class Contention:
                 )
 
 
-@define(table="items", key="id", batch_size=50, max_attempts=5)
+@define(table="items", key="id", batch_size=50, max_attempts=5, target_batch_seconds=0)
 def counter_contended(connection: Connection, batch: Batch) -> int:
     """Like counter_int, but one batch meets a lock conflict on its first attempt."""
     result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
@@ -190,7 +191,7 @@ def uuids(n: int) -> list[uuid.UUID]:
     return [uuid.uuid4() for _ in range(n)]
 
 
-@define(table="items", key="id", batch_size=25, parallelism=2, lock_timeout=0.3)
+@define(table="items", key="id", batch_size=25, parallelism=2, lock_timeout=0.3, target_batch_seconds=0)
 def counter_sleepy(connection: Connection, batch: Batch) -> int:
     """Batches that hold their transaction open a while, so a test can hurt a worker mid-batch."""
     result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
@@ -204,3 +205,37 @@ def counter_sleepy(connection: Connection, batch: Batch) -> int:
 # Two backfills that may share their table with other non-exclusive ones.
 shared_a = Backfill(name="shared_a", table="items", key="id", work=counter_int.work, exclusive=False)
 shared_b = Backfill(name="shared_b", table="items", key="id", work=counter_int.work, exclusive=False)
+
+
+@define(table="items", key="id", batch_size=10, target_batch_seconds=0.05, min_batch_size=5, max_batch_size=1000)
+def counter_adaptive(connection: Connection, batch: Batch) -> int:
+    """Work that costs 0.5 ms a row: a 0.05 s target means batches of about 100 rows."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    time.sleep(batch.rows * 0.0005)
+    return result.rowcount
+
+
+@define(table="items", key="id", batch_size=200, statement_timeout=0.5, target_batch_seconds=0)
+def counter_timeout(connection: Connection, batch: Batch) -> int:
+    """Work that costs 4 ms a row in the database: 200 rows overrun a 0.5 s statement timeout."""
+    result = connection.execute(update(items).where(batch.where(items.c.id)).values(counter=items.c.counter + 1))
+    connection.execute(text("SELECT pg_sleep(:s)"), {"s": batch.rows * 0.004})
+    return result.rowcount
+
+
+maintenance = Table("maintenance", metadata, Column("reason", String(100), nullable=False))
+
+
+def maintenance_window(connection: Connection) -> str | None:
+    """The application's own signal: a row in ``maintenance`` says to leave the database alone."""
+    return connection.execute(select(maintenance.c.reason).limit(1)).scalar()
+
+
+counter_polite = Backfill(
+    name="counter_polite",
+    table="items",
+    key="id",
+    work=counter_int.work,
+    tuning=small,
+    health_checks=(maintenance_window,),
+)

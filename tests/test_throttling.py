@@ -1,0 +1,126 @@
+"""Fast and gentle: the batch size adapts to a target duration, a batch that overruns its
+statement timeout is split, and a run is held by a rate cap or an unhealthy database and
+carries on by itself."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from backfill import BatchStatus, RunStatus
+from backfill.store import Run
+from tests.apps import counters
+from tests.apps.counters import items
+from tests.conftest import Database
+from tests.test_engine import counter_histogram
+
+
+def held_notes(db: Database) -> list[str]:
+    with db.engine.connect() as connection:
+        return [r[0] for r in connection.execute(text("SELECT error FROM backfill_events WHERE error LIKE 'held:%'"))]
+
+
+def test_the_batch_size_adapts_to_the_target_duration(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 4001)))
+    run = db.app().run("counter_adaptive")
+    assert run.status is RunStatus.FINISHED
+    assert counter_histogram(db, items) == {1: 4000}
+    sizes = [b.rows for b in db.app().store.batches_of(run.id)]
+    assert sizes[0] == 10
+    # 0.5 ms a row and a 0.05 s target: it settles near 100 rows a batch.
+    settled = statistics.median(sizes[-10:])
+    assert 50 <= settled <= 200, sizes
+    assert 50 <= run.tuning.batch_size <= 200
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_batch_over_its_statement_timeout_is_split(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 601)))
+    run = db.app().run("counter_timeout")
+    assert run.status is RunStatus.FINISHED, run.last_error
+    assert counter_histogram(db, items) == {1: 600}
+    store = db.app().store
+    split = store.batches_of(run.id, BatchStatus.SPLIT)
+    assert split and all("statement timeout" in (b.error or "") for b in split)
+    assert not store.batches_of(run.id, BatchStatus.FAILED)
+    assert run.tuning.batch_size <= 100  # later batches were planned smaller
+    assert max(b.rows for b in store.batches_of(run.id, BatchStatus.SUCCEEDED)) <= 100
+
+
+def test_a_rate_cap(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 1001)))
+    started = time.monotonic()
+    run = db.app().run("counter_int", max_rows_per_second=250)
+    elapsed = time.monotonic() - started
+    assert run.status is RunStatus.FINISHED and counter_histogram(db, items) == {1: 1000}
+    # The cap allows 2 s worth of rows at once (its window), then 250 rows/s.
+    assert elapsed >= 1.5, elapsed
+    assert any("rate cap of 250 rows/s" in note for note in held_notes(db))
+
+
+def test_a_pause_and_a_nice_ratio_between_batches(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 501)))
+    started = time.monotonic()
+    run = db.app().run("counter_int", pause_seconds=0.1)
+    assert time.monotonic() - started >= 1.0  # 10 batches, 0.1 s apart
+    assert run.status is RunStatus.FINISHED and counter_histogram(db, items) == {1: 500}
+
+
+def run_in_background(db: Database, name: str, **overrides: Any) -> tuple[threading.Thread, list[Run]]:
+    result: list[Run] = []
+    thread = threading.Thread(target=lambda: result.append(db.app().run(name, **overrides)))
+    thread.start()
+    return thread, result
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
+
+
+def test_an_application_health_check_holds_the_run(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 301)))
+    with db.engine.begin() as connection:
+        connection.execute(counters.maintenance.insert().values(reason="nightly reindex"))
+    thread, result = run_in_background(db, "counter_polite")
+    store = db.app().store
+    wait_for(lambda: (r := store.latest_run("counter_polite")) is not None and r.held_reason is not None)
+    run = store.latest_run("counter_polite")
+    assert run is not None and "nightly reindex" in (run.held_reason or "")
+    assert run.status is RunStatus.RUNNING and run.batches_done == 0
+    data = db.cli("status", "counter_polite", "--json")
+    assert "nightly reindex" in data.stdout
+
+    with db.engine.begin() as connection:
+        connection.execute(counters.maintenance.delete())
+    thread.join(60)
+    assert result and result[0].status is RunStatus.FINISHED and result[0].held_reason is None
+    assert counter_histogram(db, items) == {1: 300}
+
+
+@pytest.mark.parametrize("db", ["postgresql", "mariadb"], indirect=True)
+def test_an_old_transaction_holds_the_run(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 301)))
+    old = db.engine.connect()
+    old.begin()
+    old.execute(text("SELECT count(*) FROM items"))
+    time.sleep(2.2)  # MySQL counts a transaction's age in whole seconds
+    try:
+        thread, result = run_in_background(db, "counter_int", max_transaction_age=1)
+        store = db.app().store
+        wait_for(lambda: (r := store.latest_run("counter_int")) is not None and r.held_reason is not None)
+        run = store.latest_run("counter_int")
+        assert run is not None and "a transaction has been open" in (run.held_reason or "")
+    finally:
+        old.rollback()
+        old.close()
+    thread.join(60)
+    assert result and result[0].status is RunStatus.FINISHED
+    assert counter_histogram(db, items) == {1: 300}
