@@ -1,0 +1,272 @@
+"""``make bench``: the players/teams migration on PostgreSQL, five ways, on one machine, in one run.
+
+    python -m bench.run                       # 1,000,000 players, every approach
+    python -m bench.run --rows 5000000 --only d,e
+
+(a) one UPDATE; (b) the ORM loop (measured at --orm-rows, extrapolated); (c) OFFSET-paginated
+batches; (d) this project inline; (e) this project on real Celery workers and Redis. Each runs on
+a fresh copy of the scenario in a database of the benchmark's own. During (a), (d) and (e) a
+writer process updates random players one row at a time; its latencies are compared with the
+same writer alone, measured just before. Prints a markdown table and the targets, and writes the
+whole result as JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from backfill import App, Registry
+from backfill.database import make_engine
+from bench import report, scenario
+from bench.approaches import run_child
+from bench.celery_cluster import Cluster
+from bench.checkpoints import analyse, tenths
+from bench.writer import Writer, alone
+from example_app.backfills import players_team_id
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+WITH_WRITER = ("a", "d", "e")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="players in the scenario (default 1,000,000)")
+    parser.add_argument("--orm-rows", type=int, default=100_000, help="players for (b), extrapolated to --rows")
+    parser.add_argument("--only", default="a,b,c,d,e", help="approaches to run, e.g. d,e (default: all)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the definition's batch size")
+    parser.add_argument("--parallelism", type=int, default=None, help="override the definition's parallelism")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes for (e) (default 2)")
+    parser.add_argument(
+        "--tick-seconds", type=float, default=None, help="BACKFILL_TICK_SECONDS for (e) (default: the project's)"
+    )
+    parser.add_argument("--writer-rate", type=float, default=100.0, help="writer updates per second (default 100)")
+    parser.add_argument("--writer-alone-seconds", type=float, default=5.0, help="baseline length (default 5 s)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="limit per approach, in seconds")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="directory for the JSON result")
+    parser.add_argument("--no-save", action="store_true", help="print only, write no JSON")
+    args = parser.parse_args(argv)
+    args.only = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = sorted(set(args.only) - set(report.LABELS))
+    if unknown:
+        parser.error(f"unknown approach(es) {', '.join(unknown)}: choose from {', '.join(report.LABELS)}")
+    if args.rows < 1 or args.orm_rows < 1:
+        parser.error("--rows and --orm-rows must be positive")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def conninfo(db: scenario.BenchDatabase) -> str:
+    """libpq form of the URL, for the writer's plain psycopg connection."""
+    return db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def run_in_child(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    options: dict[str, int | None] = {}
+    if key in ("c", "d"):
+        options["batch_size"] = args.batch_size
+    if key == "d":
+        options["parallelism"] = args.parallelism
+    return run_child(key, db.url_text, work / f"{key}.json", args.timeout, **options)
+
+
+def with_writer(
+    key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path, body: Any
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The writer alone for a few seconds, then again while ``body()`` runs."""
+    baseline = alone(conninfo(db), args.rows, args.writer_rate, args.writer_alone_seconds, work / "writer-alone.json")
+    writer = Writer(conninfo(db), args.rows, args.writer_rate, work / "writer.json")
+    try:
+        result = body()
+        during = writer.stop()
+    finally:
+        writer.kill()
+    return result, baseline.to_json(), during.to_json()
+
+
+def run_celery(db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """(e): workers and scheduler up first (not timed), then the run from ``start`` to finished."""
+    cluster = Cluster(db.url_text, work, workers=args.workers, tick_seconds=args.tick_seconds)
+    engine = make_engine(db.url)
+    try:
+        cluster.start()
+        app = App(engine, Registry.of(players_team_id, source="example_app.backfills"))
+
+        def body() -> dict[str, Any]:
+            started = time.perf_counter()
+            run = app.start(players_team_id.name, batch_size=args.batch_size, parallelism=args.parallelism)
+            deadline = time.monotonic() + args.timeout
+            while True:
+                run = app.store.get_run(run.id)
+                if run.status.is_over:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"(e) did not finish in {args.timeout:.0f}s: {run.rows_done:,} rows done")
+                cluster.check_alive()
+                time.sleep(0.1)
+            seconds = time.perf_counter() - started
+            return {
+                "rows": run.rows_done,
+                "run_id": run.id,
+                "status": str(run.status),
+                "error": run.last_error,
+                "seconds": seconds,
+            }
+
+        result, baseline, during = with_writer("e", db, args, work, body)
+        memory = cluster.worker_memory()
+        result["worker_memory"] = memory
+        peaks = [v for v in [memory["main_mb"], *memory["pool_mb"]] if v is not None]
+        result["peak_rss_mb"] = max(peaks) if peaks else None
+        result["writer_alone"], result["writer_during"] = baseline, during
+        return result
+    finally:
+        engine.dispose()
+        cluster.stop()
+
+
+def run_one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    size = args.orm_rows if key == "b" else args.rows
+    seed_seconds = scenario.reseed(db, size, checkpoint_tables=key in ("d", "e"))
+    log(f"{report.LABELS[key]}: scenario of {size:,} players ready in {seed_seconds:.1f}s")
+    if key == "e":
+        result = run_celery(db, args, work)
+    elif key in WITH_WRITER:
+        result, baseline, during = with_writer(key, db, args, work, lambda: run_in_child(key, db, args, work))
+        result["writer_alone"], result["writer_during"] = baseline, during
+    else:
+        result = run_in_child(key, db, args, work)
+    counts = scenario.verify(db)
+    result["verified"] = scenario.verified(counts, size)
+    result["counts"] = counts
+    if not result["verified"]:
+        raise RuntimeError(f"{report.LABELS[key]} left wrong data: {counts}")
+    result["rows_per_s"] = size / result["seconds"]
+    if key == "b" and size != args.rows:
+        result["extrapolated_from"] = size
+        result["measured_seconds"] = result["seconds"]
+        result["seconds"] = result["seconds"] * args.rows / size
+    if key == "c":
+        result["tenths"] = tenths(result.pop("batch_durations_ms", []))
+    if key in ("d", "e"):
+        engine = make_engine(db.url)
+        try:
+            result["checkpoints"] = analyse(engine, result["run_id"], result["seconds"])
+        finally:
+            engine.dispose()
+        result["tenths"] = {k: result["checkpoints"][k] for k in ("first_tenth_ms", "last_tenth_ms", "last_over_first")}
+        if result.get("status") != "finished":
+            raise RuntimeError(f"{report.LABELS[key]} ended {result.get('status')}: {result.get('error')}")
+    log(f"{report.LABELS[key]}: {result['seconds']:.1f}s, {result['rows_per_s']:,.0f} rows/s")
+    return result
+
+
+def environment(db: scenario.BenchDatabase) -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    engine = make_engine(db.url)
+    try:
+        with engine.connect() as c:
+            server = c.execute(text("SHOW server_version")).scalar_one()
+            settings = {
+                name: c.execute(text(f"SHOW {name}")).scalar_one()
+                for name in ("shared_buffers", "synchronous_commit", "max_wal_size", "work_mem")
+            }
+    finally:
+        engine.dispose()
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "library_modified": bool(git("status", "--porcelain", "--", "backfill", "workers", "example_app")),
+        "python": platform.python_version(),
+        "postgresql": server,
+        "postgresql_settings": settings,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+def rss_reference(results_dir: Path, rows: int) -> dict[str, Any] | None:
+    """The newest saved result at another size with a worker RSS, to compare with."""
+    for path in sorted(results_dir.glob("*.json"), reverse=True):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        e = saved.get("results", {}).get("e", {})
+        if saved.get("settings", {}).get("rows") != rows and e.get("peak_rss_mb") is not None:
+            return {"rows": saved["settings"]["rows"], "peak_rss_mb": e["peak_rss_mb"], "file": path.name}
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    tuning = players_team_id.tuning.replace({"batch_size": args.batch_size, "parallelism": args.parallelism})
+    settings = {
+        "rows": args.rows,
+        "orm_rows": args.orm_rows,
+        "approaches": args.only,
+        "definition": "example_app.backfills.players_team_id",
+        "tuning": {name: getattr(tuning, name) for name in tuning.__dataclass_fields__},
+        "celery_workers": args.workers,
+        "tick_seconds": args.tick_seconds if args.tick_seconds is not None else "project default",
+        "writer_rate_per_s": args.writer_rate,
+        "writer_alone_seconds": args.writer_alone_seconds,
+    }
+    results: dict[str, dict[str, Any]] = {}
+    with scenario.bench_database() as db, tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
+        env = environment(db)
+        log(
+            f"database {db.name}; {args.rows:,} players; approaches {','.join(args.only)}; "
+            f"batch_size={tuning.batch_size} parallelism={tuning.parallelism} workers={args.workers}"
+        )
+        for key in args.only:
+            results[key] = run_one(key, db, args, Path(tmp))
+    total = time.perf_counter() - began
+    reference = rss_reference(args.results, args.rows) if "e" in results else None
+    found = report.targets(results, args.rows, reference)
+    md = report.table(results, args.rows)
+    goals = report.targets_markdown(found)
+    print(f"\n### {args.rows:,} players, batch size {tuning.batch_size}, parallelism {tuning.parallelism}\n")
+    print(md)
+    print()
+    print(goals)
+    print(f"\nbenchmark wall time {total / 60:.1f} min")
+    if not args.no_save:
+        args.results.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = args.results / f"{stamp}-rows{args.rows}.json"
+        document = {
+            "when": stamp,
+            "settings": settings,
+            "environment": env,
+            "results": results,
+            "targets": [t.to_json() for t in found],
+            "table_markdown": md,
+            "targets_markdown": goals,
+            "total_seconds": round(total, 1),
+        }
+        path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
