@@ -91,25 +91,60 @@ OFFSET_UPDATE = (
 
 def offset_batches(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """(c) Pages read with ``ORDER BY id LIMIT n OFFSET k``; each page's teams and players are
-    updated (the same two statements as the project's definition) and committed."""
+    updated (the same two statements as the project's definition) and committed.
+
+    A page deep in the table costs in proportion to its offset (the scan walks every index entry
+    before it, two per row already updated), so the whole run is quadratic in the table size. With
+    ``--budget`` seconds, the walk stops there and the rest is predicted from a least-squares fit
+    of this run's own page cost against its offset (``extrapolated`` says so)."""
     size = args.batch_size or players_team_id.tuning.batch_size
+    with engine.connect() as c:
+        total = c.execute(text("SELECT count(*) FROM players")).scalar_one()
+        c.rollback()
     durations: list[float] = []
     updated = 0
     offset = 0
+    complete = False
+    started = time.perf_counter()
     with engine.connect() as c:
-        while True:
-            started = time.perf_counter()
+        while not (args.budget and time.perf_counter() - started > args.budget):
+            began = time.perf_counter()
             ids = c.execute(text(OFFSET_PAGE), {"n": size, "k": offset}).scalars().all()
             if not ids:
                 c.rollback()
+                complete = True
                 break
             bounds = {"lo": ids[0], "hi": ids[-1]}
             c.execute(text(OFFSET_TEAMS), bounds)
             updated += c.execute(text(OFFSET_UPDATE), bounds).rowcount
             c.commit()
-            durations.append((time.perf_counter() - started) * 1000)
+            durations.append((time.perf_counter() - began) * 1000)
             offset += size
-    return {"rows": updated, "batch_size": size, "batch_durations_ms": durations}
+    measured = time.perf_counter() - started
+    pages = -(-total // size)
+    result: dict[str, Any] = {"rows": updated, "batch_size": size, "batches": pages, "measured_seconds": measured}
+    if complete or len(durations) >= pages:
+        result["batch_durations_ms"] = durations
+        return result
+    # Page cost = alpha + beta * page index, fitted on the pages done; predict the rest.
+    n = len(durations)
+    mean_i, mean_t = (n - 1) / 2, statistics.fmean(durations)
+    var = sum((i - mean_i) ** 2 for i in range(n)) or 1.0
+    beta = max(0.0, sum((i - mean_i) * (t - mean_t) for i, t in enumerate(durations)) / var)
+    alpha = mean_t - beta * mean_i
+    predicted = [alpha + beta * i for i in range(n, pages)]
+    result.update(
+        extrapolated={
+            "rows_done": updated,
+            "pages_done": n,
+            "pages": pages,
+            "seconds_done": measured,
+            "fit_ms": {"alpha": alpha, "beta_per_page": beta},
+        },
+        seconds=measured + sum(predicted) / 1000,
+        batch_durations_ms=durations + predicted,
+    )
+    return result
 
 
 def inline(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
@@ -127,7 +162,7 @@ APPROACHES: dict[str, Callable[[Engine, argparse.Namespace], dict[str, Any]]] = 
 }
 
 
-def run_child(name: str, url: str, out: Path, timeout: float, **options: int | None) -> dict[str, Any]:
+def run_child(name: str, url: str, out: Path, timeout: float, **options: float | None) -> dict[str, Any]:
     """Run approach ``name`` in a child process and return what it measured."""
     out.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "bench.approaches", name, "--out", str(out)]
@@ -145,12 +180,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=None, help="(c): seconds to walk before extrapolating")
     args = parser.parse_args()
     engine = make_engine(os.environ[URL_ENV])
     try:
         started = time.perf_counter()
         result = APPROACHES[args.approach](engine, args)
-        result["seconds"] = time.perf_counter() - started
+        result.setdefault("seconds", time.perf_counter() - started)
     finally:
         engine.dispose()
     result["peak_rss_mb"] = peak_rss_mb()

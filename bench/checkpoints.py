@@ -11,18 +11,42 @@ from sqlalchemy import Engine, select
 from backfill.tables import batches, runs
 
 
-def tenths(durations: list[float]) -> dict[str, float | None]:
-    """Median batch duration over the first and the last tenth of the batches (in key order), and
-    their ratio: 1.0 means a batch costs the same wherever it is in the table."""
+def tenths(durations: list[float], rows: list[int] | None = None) -> dict[str, float | None]:
+    """Median batch duration over the batches in the first and in the last tenth of the table
+    (by rows, in key order, so batches of adapted sizes count by what they cover), and their
+    ratio: 1.0 means a batch costs the same wherever it is in the table. Also per 1,000 rows."""
+    empty: dict[str, float | None] = {
+        "first_tenth_ms": None,
+        "last_tenth_ms": None,
+        "last_over_first": None,
+        "first_tenth_ms_per_1k_rows": None,
+        "last_tenth_ms_per_1k_rows": None,
+    }
     if not durations:
-        return {"first_tenth_ms": None, "last_tenth_ms": None, "last_over_first": None}
-    tenth = max(1, len(durations) // 10)
-    first = statistics.median(durations[:tenth])
-    last = statistics.median(durations[-tenth:])
+        return empty
+    sizes = rows or [1] * len(durations)
+    total = sum(sizes)
+    first: list[int] = []
+    last: list[int] = []
+    before = 0
+    for i, n in enumerate(sizes):
+        if before < total / 10:
+            first.append(i)
+        if before + n > total * 9 / 10:
+            last.append(i)
+        before += n
+    f = statistics.median(durations[i] for i in first)
+    la = statistics.median(durations[i] for i in last)
     return {
-        "first_tenth_ms": round(first, 2),
-        "last_tenth_ms": round(last, 2),
-        "last_over_first": round(last / first, 3) if first else None,
+        "first_tenth_ms": round(f, 2),
+        "last_tenth_ms": round(la, 2),
+        "last_over_first": round(la / f, 3) if f else None,
+        "first_tenth_ms_per_1k_rows": round(
+            statistics.median(1000 * durations[i] / max(1, sizes[i]) for i in first), 3
+        ),
+        "last_tenth_ms_per_1k_rows": round(statistics.median(1000 * durations[i] / max(1, sizes[i]) for i in last), 3),
+        "first_tenth_batch_rows": statistics.median(sizes[i] for i in first),
+        "last_tenth_batch_rows": statistics.median(sizes[i] for i in last),
     }
 
 
@@ -87,6 +111,6 @@ def analyse(engine: Engine, run_id: int, wall_seconds: float) -> dict[str, Any]:
         "catchup_s": round((max(catchup_ends) - max(main_ends)).total_seconds(), 2)
         if catchup_ends and main_ends
         else 0.0,
-        **tenths(durations),
+        **tenths(durations, [int(r["rows"]) for r in main]),
     }
     return result

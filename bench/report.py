@@ -47,7 +47,13 @@ def table(results: dict[str, dict[str, Any]], rows: int) -> str:
             m = r["worker_memory"]
             pool = ", ".join(f"{v:.0f}" for v in m["pool_mb"])
             rss = f"{_num(r['peak_rss_mb'], 0, ' MB')} (main {_num(m['main_mb'], 0)}; pool {pool})"
-        elif key in ("a", "c"):
+        if r.get("extrapolated"):
+            x = r["extrapolated"]
+            wall = (
+                f"{wall} (extrapolated: {x['pages_done']:,} of {x['pages']:,} pages walked in "
+                f"{_num(x['seconds_done'], 0)} s, the rest from their cost fitted against the offset)"
+            )
+        if key in ("a", "c"):
             rss = f"{rss} (client; the work is in the server)"
         ratio = _num(r["rows_per_s"] / base, 2, "x") if base else "—"
         spread = "—"
@@ -56,6 +62,10 @@ def table(results: dict[str, dict[str, Any]], rows: int) -> str:
             spread = (
                 f"{_num(t['first_tenth_ms'], 1)} → {_num(t['last_tenth_ms'], 1)} ms ({_num(t['last_over_first'], 2)}x)"
             )
+            if t.get("first_tenth_batch_rows") and t["first_tenth_batch_rows"] != t.get("last_tenth_batch_rows"):
+                spread += f"; {t['first_tenth_batch_rows']:,.0f} → {t['last_tenth_batch_rows']:,.0f} rows/batch"
+            if r.get("extrapolated"):
+                spread += " (last tenth fitted)"
         lines.append(
             f"| {label} | {wall} | {_num(r['rows_per_s'])} | {ratio} | {rss} | {_writer(r.get('writer_alone'))} "
             f"| {_writer(r.get('writer_during'))} | {spread} |"

@@ -128,7 +128,11 @@ def verify(db: BenchDatabase) -> dict[str, int]:
     return {"players": players, "missing": missing, "wrong": wrong, "teams": teams, "distinct_names": names}
 
 
-def verified(counts: dict[str, int], rows: int) -> bool:
+def verified(counts: dict[str, int], rows: int, done: int | None = None) -> bool:
+    """Every player points at its team; with ``done`` below ``rows`` (a walk cut short), exactly
+    the players not done are left, and no team is missing for those done."""
+    if done is not None and done < rows:
+        return counts["players"] == rows and counts["missing"] == rows - done and counts["wrong"] == 0
     return (
         counts["players"] == rows
         and counts["missing"] == 0
