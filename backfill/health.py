@@ -41,7 +41,9 @@ def _pg_old_transaction(connection: Connection, tuning: Tuning) -> str | None:
     age = _scalar(
         connection,
         "SELECT max(extract(epoch FROM clock_timestamp() - xact_start)) FROM pg_stat_activity "
-        "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        # Only this database's transactions keep vacuum from the dead rows of its tables.
+        "WHERE xact_start IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+        "AND datname = current_database()",
     )
     if age is not None and age > tuning.max_transaction_age:
         return f"a transaction has been open {age:.0f}s (limit {tuning.max_transaction_age:g}s): vacuum is held back"

@@ -8,12 +8,13 @@ runner harmless.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, case, exists, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,7 @@ from backfill.status import BatchStatus, Phase, RunStatus
 
 runs = tables.runs
 batches = tables.batches
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -64,32 +66,15 @@ class Run:
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
         m = row._mapping
-        return cls(
-            id=m["id"],
-            name=m["name"],
+        return _build(
+            cls,
+            m,
             status=RunStatus(m["status"]),
             phase=Phase(m["phase"]),
-            table_name=m["table_name"],
-            schema_name=m["schema_name"],
             key_columns=tuple(m["key_columns"]),
-            cursor=m["cursor"],
-            end_key=m["end_key"],
             planned_all=bool(m["planned_all"]),
-            next_seq=m["next_seq"],
-            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__}),
-            held_reason=m["held_reason"],
-            held_since=m["held_since"],
-            rows_total=m["rows_total"],
             rows_total_estimated=bool(m["rows_total_estimated"]),
-            rows_done=m["rows_done"],
-            rows_affected=m["rows_affected"],
-            batches_done=m["batches_done"],
-            batches_failed=m["batches_failed"],
-            created_at=m["created_at"],
-            started_at=m["started_at"],
-            updated_at=m["updated_at"],
-            finished_at=m["finished_at"],
-            last_error=m["last_error"],
+            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__}),
         )
 
 
@@ -116,27 +101,17 @@ class BatchRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> BatchRecord:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            run_id=m["run_id"],
-            seq=m["seq"],
-            phase=Phase(m["phase"]),
-            first_key=m["first_key"],
-            last_key=m["last_key"],
-            rows=m["rows"],
-            status=BatchStatus(m["status"]),
-            attempts=m["attempts"],
-            rows_affected=m["rows_affected"],
-            duration_ms=m["duration_ms"],
-            worker=m["worker"],
-            lease_expires_at=m["lease_expires_at"],
-            dispatched_at=m["dispatched_at"],
-            error=m["error"],
-            created_at=m["created_at"],
-            started_at=m["started_at"],
-            finished_at=m["finished_at"],
-        )
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> BatchRecord:
+        return _build(cls, m, phase=Phase(m["phase"]), status=BatchStatus(m["status"]))
+
+
+def _build(cls: type[T], values: Mapping[Any, Any], **converted: Any) -> T:
+    """A record from a row: every field by its column's name, some converted on the way."""
+    names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]  # a dataclass type
+    return cls(**{name: converted[name] if name in converted else values.get(name) for name in names})
 
 
 @dataclass(frozen=True)
@@ -466,29 +441,7 @@ class Store:
                     for i, r in zip(ids, rows, strict=True)
                 ),
             )
-        return [
-            BatchRecord(
-                id=batch_id,
-                run_id=run.id,
-                seq=row["seq"],
-                phase=run.phase,
-                first_key=row["first_key"],
-                last_key=row["last_key"],
-                rows=row["rows"],
-                status=BatchStatus.PENDING,
-                attempts=0,
-                rows_affected=None,
-                duration_ms=None,
-                worker=None,
-                lease_expires_at=None,
-                dispatched_at=None,
-                error=None,
-                created_at=now,
-                started_at=None,
-                finished_at=None,
-            )
-            for batch_id, row in zip(ids, rows, strict=True)
-        ]
+        return [BatchRecord.from_mapping({**row, "id": batch_id}) for batch_id, row in zip(ids, rows, strict=True)]
 
     def mark_planned_all(self, run: Run) -> bool:
         with self.begin() as conn:
