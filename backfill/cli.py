@@ -77,6 +77,18 @@ def tuning_options(command: F) -> F:
             click.option(
                 "--lock-timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds a batch waits for a lock."
             ),
+            click.option(
+                "--target-batch-seconds",
+                type=click.FloatRange(min=0),
+                help="Batch duration the batch size adapts to (0: fixed size).",
+            ),
+            click.option("--min-batch-size", type=click.IntRange(min=1), help="Smallest adapted batch size."),
+            click.option("--max-batch-size", type=click.IntRange(min=1), help="Largest adapted batch size."),
+            click.option("--max-rows-per-second", type=click.FloatRange(min=0), help="Rate cap for the run (0: none)."),
+            click.option("--pause-seconds", type=click.FloatRange(min=0), help="Sleep after each batch."),
+            click.option(
+                "--nice-ratio", type=click.FloatRange(min=0), help="Sleep after each batch, times its duration."
+            ),
         ]
     ):
         command = option(command)
@@ -101,7 +113,7 @@ def list_command(ctx: click.Context) -> None:
 @click.pass_context
 @fail_cleanly
 def init_db(ctx: click.Context) -> None:
-    """Create the checkpoint tables (backfill_runs, backfill_batches)."""
+    """Create the checkpoint tables (backfill_runs, backfill_batches, backfill_events)."""
     _app(ctx).init_db()
     click.echo("checkpoint tables ready")
 

@@ -223,7 +223,7 @@ class Store:
         inspector = inspect(self.bind)
         if not all(inspector.has_table(t.name) for t in tables.metadata.sorted_tables):
             raise StoreMissingError(
-                "the checkpoint tables (backfill_runs, backfill_batches) do not exist in this "
+                "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
                 "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
             )
 
