@@ -29,6 +29,7 @@ from example_app.backfills import players_team_id
 from example_app.models import players, teams
 
 URL_ENV = "BENCH_DATABASE_URL"
+ROOT = Path(__file__).resolve().parent.parent
 
 INSERT_TEAMS = "INSERT INTO teams (name) SELECT DISTINCT team FROM players WHERE team IS NOT NULL"
 SINGLE_UPDATE = "UPDATE players SET team_id = teams.id FROM teams WHERE teams.name = players.team"
@@ -169,7 +170,7 @@ def run_child(name: str, url: str, out: Path, timeout: float, **options: float |
     for key, value in options.items():
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
-    subprocess.run(argv, env={**os.environ, URL_ENV: url}, check=True, timeout=timeout)
+    subprocess.run(argv, cwd=ROOT, env={**os.environ, URL_ENV: url}, check=True, timeout=timeout)
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
