@@ -79,7 +79,11 @@ def main() -> None:
             c.execute(text("CREATE TABLE bench_items (id bigint primary key, v int not null default 0)"))
             c.execute(text("INSERT INTO bench_items (id) SELECT g FROM generate_series(1, :n) g"), {"n": args.rows})
         definition = Backfill(
-            name="bench", table="bench_items", key="id", work=WORK, tuning=Tuning(batch_size=args.batch_size, target_batch_seconds=0)
+            name="bench",
+            table="bench_items",
+            key="id",
+            work=WORK,
+            tuning=Tuning(batch_size=args.batch_size, target_batch_seconds=0),
         )
         app = App(engine, Registry.of(definition))
         app.init_db()

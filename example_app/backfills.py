@@ -41,11 +41,12 @@ def players_team_id(connection: Connection, batch: Batch) -> int:
         )
     )
     connection.execute(_insert_missing(connection).from_select(["name"], names))
-    team_id = select(teams.c.id).where(teams.c.name == players.c.team).scalar_subquery()
+    # A join (UPDATE ... FROM, or MySQL's multi-table UPDATE) rather than a subquery per row:
+    # the database matches the batch's players to their teams in one hash or index join.
     result = connection.execute(
         update(players)
-        .where(in_batch, players.c.team_id.is_(None), players.c.team.is_not(None))
-        .values(team_id=team_id)
+        .where(in_batch, players.c.team_id.is_(None), teams.c.name == players.c.team)
+        .values(team_id=teams.c.id)
     )
     return result.rowcount
 
