@@ -93,11 +93,13 @@ class Tuning:
     """...counted over at least this many finished batches. Below the ratio it carries on and
     reports its failed batches at the end: a systematic bug stops a run within a few batches,
     a handful of bad rows does not stop a night's work."""
-    target_batch_seconds: float = 0.3
-    """The batch duration the batch size is steered towards (0 keeps the size fixed). Long
-    enough that a batch's fixed cost (claim, checkpoint, commit: a few milliseconds) stays a
-    few percent of it; short enough that the rows a batch locks are released within a blink of
-    the application's own latency budget, and far inside ``statement_timeout``."""
+    target_batch_seconds: float = 0.05
+    """The batch duration the batch size is steered towards (0 keeps the size fixed). An
+    application write that meets a row of a batch in flight waits for that batch to commit, so
+    this is the worst wait the backfill adds to the application's writes: 50 ms stays inside a
+    request's budget. A batch's fixed cost (claim, checkpoint, commits: a few milliseconds on a
+    server) is then a few percent, and with ``parallelism`` above 1 it overlaps another batch's
+    work."""
     min_batch_size: int = 100
     max_batch_size: int = 50_000
     max_rows_per_second: float = 0.0

@@ -26,6 +26,7 @@ def _insert_missing(connection: Connection) -> Insert:
     pending="team_id IS NULL AND team IS NOT NULL",
     columns="team_id",
     batch_size=2000,
+    parallelism=2,
 )
 def players_team_id(connection: Connection, batch: Batch) -> int:
     """Create the batch's teams from players.team and point players.team_id at them."""

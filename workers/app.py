@@ -34,6 +34,7 @@ def dispatcher() -> Dispatcher:
         app.targets,
         lambda batch_id: execute_batch.apply_async((batch_id,), queue=settings.queue),
         redispatch_after=settings.redispatch_seconds,
+        chain_seconds=settings.chain_seconds,
     )
 
 

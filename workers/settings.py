@@ -14,8 +14,11 @@ class Settings:
     queue: str = "backfill"
     key_prefix: str = ""
     """Prefix for every Redis key the broker uses, so several deployments can share one Redis."""
-    tick_seconds: float = 5.0
+    tick_seconds: float = 2.0
     """How often the scheduler (Celery beat) sends the tick that plans and re-sends batches."""
+    chain_seconds: float = 30.0
+    """A worker that finished a batch takes the run's next one itself, for this long, before
+    handing back to the broker."""
     redispatch_seconds: float = 60.0
     """A pending batch whose message is older than this is sent again (the message may be lost)."""
     metrics_port: int | None = None
@@ -36,6 +39,7 @@ class Settings:
             key_prefix=env.get("BACKFILL_REDIS_PREFIX", defaults.key_prefix),
             tick_seconds=number("BACKFILL_TICK_SECONDS", defaults.tick_seconds),
             redispatch_seconds=number("BACKFILL_REDISPATCH_SECONDS", defaults.redispatch_seconds),
+            chain_seconds=number("BACKFILL_CHAIN_SECONDS", defaults.chain_seconds),
             visibility_timeout=number("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
             metrics_port=int(env["BACKFILL_METRICS_PORT"]) if env.get("BACKFILL_METRICS_PORT") else None,
         )

@@ -12,6 +12,6 @@ def tick() -> int:
 
 
 @celery_app.task(name="backfill.execute_batch")
-def execute_batch(batch_id: int) -> str:
-    """Run one batch, then send the run's next batches."""
-    return dispatcher().execute(batch_id).result.value
+def execute_batch(batch_id: int) -> list[str]:
+    """Run a batch and the run's next ones for a while, then send messages for the rest."""
+    return [outcome.result.value for outcome in dispatcher().execute(batch_id)]
