@@ -129,3 +129,10 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     App(engine, Registry.from_module(counters)).init_db()
     yield Database(url, engine)
     engine.dispose()
+
+
+@pytest.fixture
+def empty(db: Database) -> Iterator[Database]:
+    """The test database with nothing in it: a migration chain builds everything itself."""
+    _clean(db.engine)
+    yield db

@@ -9,7 +9,6 @@ import random
 import threading
 import time
 from argparse import Namespace
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from alembic.util import CommandError
-from sqlalchemy import Integer, MetaData, inspect, text
+from sqlalchemy import Integer, inspect, text
 
 from backfill import App, Registry, RunStatus
 from backfill.alembic_ops import NullValuesError, OfflineModeError, UnfinishedBackfillError
@@ -29,15 +28,6 @@ from tests.conftest import Database
 ROOT = Path(__file__).resolve().parent.parent
 TEAM_NAMES = [f"{city} {mascot}" for city in ("Austin", "Boston", "Denver", "Miami") for mascot in ("Bears", "Owls")]
 ROWS = 2500  # two batches of players_team_id, with a remainder
-
-
-@pytest.fixture
-def empty(db: Database) -> Iterator[Database]:
-    """The test database with nothing in it: the chain builds everything itself."""
-    metadata = MetaData()
-    metadata.reflect(db.engine)
-    metadata.drop_all(db.engine)
-    yield db
 
 
 def alembic(db: Database, *, x: list[str] | None = None, buffer: io.StringIO | None = None) -> Config:

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from alembic import command
 from sqlalchemy import text
 
 from backfill import BatchStatus, RunStatus
-from backfill.store import Run, utcnow
+from backfill.store import Run, Store, utcnow
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
+from tests.test_alembic import alembic, columns, seed_players
 from tests.test_engine import counter_histogram
 from tests.test_operating import free_port
 from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
@@ -197,3 +199,34 @@ def test_an_application_lock_longer_than_the_lock_timeout(db: Database, cluster:
     print(f"application traffic's longest wait: {max(waits) * 1000:.0f} ms over {len(waits)} writes")
     assert max(waits) > 0.05, "the traffic never met the batch: the test did not test anything"
     assert max(waits) < lock_timeout + 0.25
+
+
+def test_the_deploy_recipe_with_workers(empty: Database, tmp_path: Path) -> None:
+    """Deploy N queues the backfill, workers run it, deploy N+1 enforces NOT NULL without doing
+    any of the work itself (``-x finalize=false``)."""
+    db = empty
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", REDIS_START, exc)
+    command.upgrade(alembic(db), "0001_players")
+    team_of = seed_players(db)
+    command.upgrade(alembic(db), "0003_teams")
+    cluster = Cluster(db, tmp_path, BACKFILL_APP="example_app.backfills")
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        cluster.start_scheduler()
+        waited = db.cli("wait", "players_team_id", "--timeout", "90", app="example_app.backfills")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+    finally:
+        cluster.stop()
+    command.upgrade(alembic(db, x=["finalize=false"]), "head")
+    with db.engine.connect() as connection:
+        linked = dict(
+            connection.execute(text("SELECT p.id, t.name FROM players p JOIN teams t ON t.id = p.team_id")).all()
+        )
+    assert linked == team_of
+    assert columns(db, "players")["team_id"] is False
+    run = Store(db.engine).latest_run("players_team_id")
+    assert run is not None and run.status is RunStatus.FINISHED
+    assert {b.worker.split(":")[1] for b in Store(db.engine).batches_of(run.id) if b.worker}  # workers ran it
