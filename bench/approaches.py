@@ -33,13 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 INSERT_TEAMS = "INSERT INTO teams (name) SELECT DISTINCT team FROM players WHERE team IS NOT NULL"
 SINGLE_UPDATE = "UPDATE players SET team_id = teams.id FROM teams WHERE teams.name = players.team"
+# MySQL / MariaDB: the multi-table UPDATE.
+SINGLE_UPDATE_MYSQL = "UPDATE players JOIN teams ON teams.name = players.team SET players.team_id = teams.id"
+
+
+def is_mysql(engine: Engine) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb")
 
 
 def single_update(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """(a) The teams in one statement, then every player in one UPDATE, in one transaction."""
     with engine.begin() as c:
         c.execute(text(INSERT_TEAMS))
-        updated = c.execute(text(SINGLE_UPDATE)).rowcount
+        updated = c.execute(text(SINGLE_UPDATE_MYSQL if is_mysql(engine) else SINGLE_UPDATE)).rowcount
     return {"rows": updated}
 
 
@@ -89,6 +95,16 @@ OFFSET_UPDATE = (
     "AND players.id BETWEEN :lo AND :hi AND players.team_id IS NULL"
 )
 
+OFFSET_TEAMS_MYSQL = (
+    "INSERT IGNORE INTO teams (name) SELECT DISTINCT p.team FROM players p "
+    "WHERE p.id BETWEEN :lo AND :hi AND p.team_id IS NULL AND p.team IS NOT NULL "
+    "AND NOT EXISTS (SELECT 1 FROM teams t WHERE t.name = p.team)"
+)
+OFFSET_UPDATE_MYSQL = (
+    "UPDATE players JOIN teams t ON t.name = players.team SET players.team_id = t.id "
+    "WHERE players.id BETWEEN :lo AND :hi AND players.team_id IS NULL"
+)
+
 
 def offset_batches(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     """(c) Pages read with ``ORDER BY id LIMIT n OFFSET k``; each page's teams and players are
@@ -102,6 +118,9 @@ def offset_batches(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     with engine.connect() as c:
         total = c.execute(text("SELECT count(*) FROM players")).scalar_one()
         c.rollback()
+    insert_teams, update_page = (
+        (OFFSET_TEAMS_MYSQL, OFFSET_UPDATE_MYSQL) if is_mysql(engine) else (OFFSET_TEAMS, OFFSET_UPDATE)
+    )
     durations: list[float] = []
     updated = 0
     offset = 0
@@ -116,8 +135,8 @@ def offset_batches(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
                 complete = True
                 break
             bounds = {"lo": ids[0], "hi": ids[-1]}
-            c.execute(text(OFFSET_TEAMS), bounds)
-            updated += c.execute(text(OFFSET_UPDATE), bounds).rowcount
+            c.execute(text(insert_teams), bounds)
+            updated += c.execute(text(update_page), bounds).rowcount
             c.commit()
             durations.append((time.perf_counter() - began) * 1000)
             offset += size

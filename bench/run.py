@@ -1,7 +1,9 @@
-"""``make bench``: the players/teams migration on PostgreSQL, five ways, on one machine, in one run.
+"""``make bench``: the players/teams migration on PostgreSQL (or MariaDB), five ways, on one
+machine, in one run.
 
     python -m bench.run                       # 1,000,000 players, every approach
     python -m bench.run --rows 5000000 --only d,e
+    python -m bench.run --dialect mariadb --rows 200000
 
 (a) one UPDATE; (b) the ORM loop (measured at --orm-rows, extrapolated); (c) OFFSET-paginated
 batches; (d) this project inline; (e) this project on real Celery workers and Redis. Each runs on
@@ -39,10 +41,20 @@ from example_app.backfills import players_team_id
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 WITH_WRITER = ("a", "d", "e")
+MARIADB_SETTINGS = (
+    "innodb_buffer_pool_size",
+    "innodb_flush_log_at_trx_commit",
+    "innodb_log_file_size",
+    "innodb_lock_wait_timeout",
+    "sync_binlog",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--dialect", choices=scenario.DIALECTS, default="postgresql", help="database to run on (default postgresql)"
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="players in the scenario (default 1,000,000)")
     parser.add_argument("--orm-rows", type=int, default=100_000, help="players for (b), extrapolated to --rows")
     parser.add_argument("--only", default="a,b,c,d,e", help="approaches to run, e.g. d,e (default: all)")
@@ -78,7 +90,9 @@ def log(message: str) -> None:
 
 
 def conninfo(db: scenario.BenchDatabase) -> str:
-    """libpq form of the URL, for the writer's plain psycopg connection."""
+    """libpq form of the URL, for the writer's plain psycopg connection (on MariaDB: the URL)."""
+    if db.is_mariadb:
+        return db.url_text
     return db.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -192,30 +206,39 @@ def environment(db: scenario.BenchDatabase) -> dict[str, Any]:
     engine = make_engine(db.url)
     try:
         with engine.connect() as c:
-            server = c.execute(text("SHOW server_version")).scalar_one()
-            settings = {
-                name: c.execute(text(f"SHOW {name}")).scalar_one()
-                for name in ("shared_buffers", "synchronous_commit", "max_wal_size", "work_mem")
-            }
+            if db.is_mariadb:
+                server = c.execute(text("SELECT VERSION()")).scalar_one()
+                names = ", ".join(f"'{name}'" for name in MARIADB_SETTINGS)
+                rows = c.execute(text(f"SHOW VARIABLES WHERE Variable_name IN ({names})")).all()
+                settings = {str(name): value for name, value in rows}
+            else:
+                server = c.execute(text("SHOW server_version")).scalar_one()
+                settings = {
+                    name: c.execute(text(f"SHOW {name}")).scalar_one()
+                    for name in ("shared_buffers", "synchronous_commit", "max_wal_size", "work_mem")
+                }
     finally:
         engine.dispose()
     return {
         "commit": git("rev-parse", "--short", "HEAD"),
         "library_modified": bool(git("status", "--porcelain", "--", "backfill", "workers", "example_app")),
         "python": platform.python_version(),
-        "postgresql": server,
-        "postgresql_settings": settings,
+        "dialect": db.dialect,
+        db.dialect: server,
+        f"{db.dialect}_settings": settings,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
 
 
-def rss_reference(results_dir: Path, rows: int) -> dict[str, Any] | None:
-    """The newest saved result at another size with a worker RSS, to compare with."""
+def rss_reference(results_dir: Path, rows: int, dialect: str = "postgresql") -> dict[str, Any] | None:
+    """The newest saved result on the same database at another size with a worker RSS, to compare with."""
     for path in sorted(results_dir.glob("*.json"), reverse=True):
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
+            continue
+        if saved.get("settings", {}).get("dialect", "postgresql") != dialect:
             continue
         e = saved.get("results", {}).get("e", {})
         if saved.get("settings", {}).get("rows") != rows and e.get("peak_rss_mb") is not None:
@@ -228,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     tuning = players_team_id.tuning.replace({"batch_size": args.batch_size, "parallelism": args.parallelism})
     settings = {
+        "dialect": args.dialect,
         "rows": args.rows,
         "orm_rows": args.orm_rows,
         "approaches": args.only,
@@ -239,22 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         "writer_alone_seconds": args.writer_alone_seconds,
     }
     results: dict[str, dict[str, Any]] = {}
-    with scenario.bench_database() as db, tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
+    with scenario.bench_database(args.dialect) as db, tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
         env = environment(db)
         log(
-            f"database {db.name}; {args.rows:,} players; approaches {','.join(args.only)}; "
+            f"{scenario.DISPLAY[db.dialect]} database {db.name}; {args.rows:,} players; approaches {','.join(args.only)}; "
             f"batch_size={tuning.batch_size} parallelism={tuning.parallelism} workers={args.workers}"
         )
         for key in args.only:
             results[key] = run_one(key, db, args, Path(tmp))
     total = time.perf_counter() - began
-    reference = rss_reference(args.results, args.rows) if "e" in results else None
+    reference = rss_reference(args.results, args.rows, args.dialect) if "e" in results else None
     found = report.targets(results, args.rows, reference)
     md = report.table(results, args.rows)
     goals = report.targets_markdown(found)
     adapt = getattr(tuning, "target_batch_seconds", 0)
     sizing = f"batch size {tuning.batch_size}" + (f" to start, adapted towards {adapt:g} s per batch" if adapt else "")
-    print(f"\n### {args.rows:,} players, {sizing}, parallelism {tuning.parallelism}\n")
+    heading = f"{args.rows:,} players on {scenario.DISPLAY[args.dialect]}, {sizing}, parallelism {tuning.parallelism}"
+    print(f"\n### {heading}\n")
     print(md)
     print()
     print(goals)
@@ -262,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         args.results.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = args.results / f"{stamp}-rows{args.rows}.json"
+        suffix = "" if args.dialect == "postgresql" else f"-{args.dialect}"
+        path = args.results / f"{stamp}-rows{args.rows}{suffix}.json"
         document = {
             "when": stamp,
+            "dialect": args.dialect,
+            "heading": heading,
             "settings": settings,
             "environment": env,
             "results": results,

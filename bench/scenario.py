@@ -1,12 +1,14 @@
-"""The benchmark's scenario: a database of its own, the players/teams tables as they stand mid-deploy
-(``players.team`` filled, ``players.team_id`` NULL, ``teams`` empty), seeded on the server.
+"""The benchmark's scenario: a database of its own (PostgreSQL or MariaDB), the players/teams
+tables as they stand mid-deploy (``players.team`` filled, ``players.team_id`` NULL, ``teams`` empty), seeded on the server.
 
 Every approach gets a fresh copy: the tables are dropped, recreated and reseeded with the same
-random seed, then vacuumed, analysed and checkpointed, so each one starts from the same state.
+random seed, then vacuumed, analysed and checkpointed (on MariaDB: analysed), so each one starts
+from the same state.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -23,6 +25,11 @@ from example_app.demo import CITIES, FIRST, MASCOTS, POSITIONS
 from example_app.models import metadata
 
 ADMIN_URL = os.environ.get("BACKFILL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MARIADB_ADMIN_URL = os.environ.get(
+    "BACKFILL_BENCH_MARIADB_URL", "mariadb+pymysql://root@127.0.0.1:3306/?charset=utf8mb4"
+)
+DIALECTS = ("postgresql", "mariadb")
+DISPLAY = {"postgresql": "PostgreSQL", "mariadb": "MariaDB"}
 TEAM_NAMES = [f"{city} {mascot}" for city in CITIES for mascot in MASCOTS]  # 500, as in the demo
 
 SEED = text(
@@ -35,11 +42,26 @@ SEED = text(
     """
 )
 
+# MariaDB: the Sequence engine's seq_1_to_N table (rows is an int, formatted in), names picked from
+# JSON arrays; each RAND(seed) is a repeatable sequence of its own.
+MARIADB_SEED = """
+    INSERT INTO players (name, position, team)
+    SELECT CONCAT(JSON_VALUE(:first, CONCAT('$[', FLOOR(RAND(42) * :n_first), ']')), ' ', seq),
+           JSON_VALUE(:positions, CONCAT('$[', FLOOR(RAND(43) * :n_positions), ']')),
+           JSON_VALUE(:teams, CONCAT('$[', FLOOR(RAND(44) * :n_teams), ']'))
+    FROM seq_1_to_{rows} ORDER BY seq
+"""
+
 
 @dataclass(frozen=True)
 class BenchDatabase:
     name: str
     url: URL
+    dialect: str = "postgresql"
+
+    @property
+    def is_mariadb(self) -> bool:
+        return self.dialect == "mariadb"
 
     @property
     def url_text(self) -> str:
@@ -47,22 +69,28 @@ class BenchDatabase:
         return self.url.render_as_string(hide_password=False)
 
 
-def admin_engine() -> Engine:
-    return create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+def admin_url(dialect: str = "postgresql") -> str:
+    return MARIADB_ADMIN_URL if dialect == "mariadb" else ADMIN_URL
+
+
+def admin_engine(dialect: str = "postgresql") -> Engine:
+    return create_engine(admin_url(dialect), isolation_level="AUTOCOMMIT")
 
 
 @contextmanager
-def bench_database() -> Iterator[BenchDatabase]:
+def bench_database(dialect: str = "postgresql") -> Iterator[BenchDatabase]:
     """``backfill_bench_<random>`` for the whole benchmark, dropped at the end whatever happens."""
-    admin = admin_engine()
+    admin = admin_engine(dialect)
     name = f"backfill_bench_{secrets.token_hex(4)}"
+    quoted = f"`{name}`" if dialect == "mariadb" else f'"{name}"'
     try:
         with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        yield BenchDatabase(name, make_url(ADMIN_URL).set(database=name))
+            c.execute(text(f"CREATE DATABASE {quoted}"))
+        yield BenchDatabase(name, make_url(admin_url(dialect)).set(database=name), dialect)
     finally:
         with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            force = "" if dialect == "mariadb" else " WITH (FORCE)"
+            c.execute(text(f"DROP DATABASE IF EXISTS {quoted}{force}"))
         admin.dispose()
 
 
@@ -77,20 +105,22 @@ def reseed(db: BenchDatabase, rows: int, *, checkpoint_tables: bool = True) -> f
         metadata.create_all(engine)
         if checkpoint_tables:
             store.create_tables()
+        params = {
+            "first": FIRST,
+            "n_first": len(FIRST),
+            "positions": POSITIONS,
+            "n_positions": len(POSITIONS),
+            "teams": TEAM_NAMES,
+            "n_teams": len(TEAM_NAMES),
+            "rows": rows,
+        }
         with engine.begin() as c:
-            c.execute(text("SELECT setseed(0.42)"))
-            c.execute(
-                SEED,
-                {
-                    "first": FIRST,
-                    "n_first": len(FIRST),
-                    "positions": POSITIONS,
-                    "n_positions": len(POSITIONS),
-                    "teams": TEAM_NAMES,
-                    "n_teams": len(TEAM_NAMES),
-                    "rows": rows,
-                },
-            )
+            if db.is_mariadb:
+                arrays = {k: json.dumps(v) for k, v in params.items() if isinstance(v, list)}
+                c.execute(text(MARIADB_SEED.format(rows=int(rows))), {**params, **arrays})
+            else:
+                c.execute(text("SELECT setseed(0.42)"))
+                c.execute(SEED, params)
     finally:
         engine.dispose()
     settle(db)
@@ -102,6 +132,9 @@ def settle(db: BenchDatabase) -> None:
     engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
+            if db.is_mariadb:  # InnoDB purges on its own; fresh statistics only
+                c.execute(text("ANALYZE TABLE players, teams")).all()
+                return
             c.execute(text("VACUUM ANALYZE"))
             c.execute(text("CHECKPOINT"))
     finally:
@@ -110,6 +143,7 @@ def settle(db: BenchDatabase) -> None:
 
 def verify(db: BenchDatabase) -> dict[str, int]:
     """The result on the data: every player points at the team with its old name."""
+    differs = "NOT (t.name <=> p.team)" if db.is_mariadb else "t.name IS DISTINCT FROM p.team"
     engine = make_engine(db.url)
     try:
         with engine.connect() as c:
@@ -118,7 +152,7 @@ def verify(db: BenchDatabase) -> dict[str, int]:
             wrong = c.execute(
                 text(
                     "SELECT count(*) FROM players p LEFT JOIN teams t ON t.id = p.team_id "
-                    "WHERE p.team_id IS NOT NULL AND t.name IS DISTINCT FROM p.team"
+                    f"WHERE p.team_id IS NOT NULL AND {differs}"
                 )
             ).scalar_one()
             teams = c.execute(text("SELECT count(*) FROM teams")).scalar_one()

@@ -1,6 +1,9 @@
 """The application writing while a migration runs: single-row UPDATEs of random players, each its
 own transaction on its own connection, at a steady rate; the latency of every one is kept.
 
+On PostgreSQL it connects with psycopg (``conninfo`` in libpq form); on MariaDB with PyMySQL in
+autocommit (``conninfo`` a ``mariadb://`` or ``mysql://`` SQLAlchemy URL).
+
 Run as a process of its own (``python -m bench.writer``), so that the work being measured never
 competes with it for the interpreter. It prints ``ready`` once connected, then writes until its
 time is up or it gets SIGTERM, and leaves its latencies as JSON in ``--out``.
@@ -22,12 +25,75 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
+from sqlalchemy.engine import make_url
 
 POSITIONS = ["goalkeeper", "defender", "midfielder", "forward"]
 URL_ENV = "BENCH_WRITER_URL"
 
 
+def is_mysql_url(conninfo: str) -> bool:
+    return conninfo.startswith(("mariadb", "mysql"))
+
+
+def connect_mysql(conninfo: str) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+    url = make_url(conninfo)
+    return pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=url.database,
+        charset="utf8mb4",
+        autocommit=True,
+    )
+
+
+def write_mysql(conninfo: str, rows: int, rate: float, seconds: float | None, out: Path) -> None:
+    """The same writer on MariaDB / MySQL."""
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    rng = random.Random(os.getpid())
+    latencies: list[float] = []
+    errors: list[str] = []
+    interval = 1.0 / rate
+    conn = connect_mysql(conninfo)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            print("ready", flush=True)
+            started = time.monotonic()
+            next_at = started
+            while not stop and (seconds is None or time.monotonic() - started < seconds):
+                now = time.monotonic()
+                if next_at > now:
+                    time.sleep(next_at - now)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    cur.execute(
+                        "UPDATE players SET position = %s WHERE id = %s",
+                        (rng.choice(POSITIONS), rng.randint(1, rows)),
+                    )
+                except pymysql.Error as exc:
+                    errors.append(str(exc).splitlines()[0])
+                latencies.append((time.perf_counter() - t0) * 1000)
+                next_at = max(next_at + interval, time.monotonic())
+            elapsed = time.monotonic() - started
+    finally:
+        conn.close()
+    out.write_text(json.dumps({"seconds": elapsed, "latencies_ms": latencies, "errors": errors[:20]}))
+
+
 def write(conninfo: str, rows: int, rate: float, seconds: float | None, out: Path) -> None:
+    if is_mysql_url(conninfo):
+        write_mysql(conninfo, rows, rate, seconds, out)
+        return
     stop = False
 
     def on_term(*_: object) -> None:
