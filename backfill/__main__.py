@@ -1,3 +1,3 @@
-from backfill.cli import main
+from backfill.cli import run
 
-main(prog_name="backfill")
+run()

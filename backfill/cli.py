@@ -355,3 +355,16 @@ def _export(ctx: click.Context) -> None:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:
         os.environ[DATABASE_URL_ENV] = ctx.obj["database_url"]
+
+
+def run() -> None:
+    """The ``backfill`` command. Click's own usage errors come out as one line too, like every
+    other mistake: what is wrong and where the help is."""
+    try:
+        main.main(prog_name="backfill", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "backfill"
+        click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)

@@ -46,6 +46,8 @@ def no_runs(db: Database) -> bool:
         (["run", "missing_table"], "table 'no_such_table' does not exist"),
         (["pause", "counter_int"], "has no active run"),
         (["retry", "counter_int"], "has never run"),
+        (["start", "counter_int", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range"),
+        (["no-such-command"], "No such command 'no-such-command'"),
     ],
 )
 def test_user_mistakes_are_one_line_and_change_nothing(db: Database, args: list[str], expected: str) -> None:
