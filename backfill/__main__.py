@@ -1,3 +1,3 @@
-from backfill.cli import run
+from backfill.cli import entry_point
 
-run()
+entry_point()

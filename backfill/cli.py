@@ -357,7 +357,7 @@ def _export(ctx: click.Context) -> None:
         os.environ[DATABASE_URL_ENV] = ctx.obj["database_url"]
 
 
-def run() -> None:
+def entry_point() -> None:
     """The ``backfill`` command. Click's own usage errors come out as one line too, like every
     other mistake: what is wrong and where the help is."""
     try:
