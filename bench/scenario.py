@@ -1,5 +1,6 @@
 """The benchmark's scenario: a database of its own (PostgreSQL or MariaDB), the players/teams
-tables as they stand mid-deploy (``players.team`` filled, ``players.team_id`` NULL, ``teams`` empty), seeded on the server.
+tables as they stand mid-deploy (``players.team`` filled, ``players.team_id`` NULL, ``teams``
+empty), seeded on the server.
 
 Every approach gets a fresh copy: the tables are dropped, recreated and reseeded with the same
 random seed, then vacuumed, analysed and checkpointed (on MariaDB: analysed), so each one starts
