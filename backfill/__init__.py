@@ -1,10 +1,15 @@
 """Resumable, batched, observable data migrations for large tables."""
 
+import logging
+
 from backfill.app import App
 from backfill.definition import Backfill, Batch, Tuning, define
 from backfill.errors import BackfillError
 from backfill.registry import Registry
 from backfill.status import BatchStatus, Phase, RunStatus
+
+# A library logs; the application decides where it goes (``backfill.events.configure`` for ours).
+logging.getLogger("backfill").addHandler(logging.NullHandler())
 
 __all__ = [
     "App",
