@@ -282,24 +282,15 @@ class Store:
 
     def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
         """pending -> running, fixing the run's end; None if another process got there first."""
-        now = utcnow()
-        with self.begin() as conn:
-            changed = conn.execute(
-                update(runs)
-                .where(runs.c.id == run.id, runs.c.status == RunStatus.PENDING)
-                .values(
-                    status=RunStatus.RUNNING,
-                    end_key=encode_key(end),
-                    rows_total=rows_total,
-                    rows_total_estimated=estimated,
-                    started_at=now,
-                    updated_at=now,
-                )
-            ).rowcount
-            if not changed:
-                return None
-            self._record(conn, Event(run.name, run.id, RunStatus.RUNNING, before=RunStatus.PENDING))
-            return self._run(conn, run.id)
+        return self.transition(
+            run.id,
+            RunStatus.RUNNING,
+            allowed_from=[RunStatus.PENDING],
+            end_key=encode_key(end),
+            rows_total=rows_total,
+            rows_total_estimated=estimated,
+            started_at=utcnow(),
+        )
 
     def transition(
         self,
@@ -308,10 +299,12 @@ class Store:
         *,
         allowed_from: Iterable[RunStatus],
         error: str | None = None,
+        **changes: Any,
     ) -> Run | None:
-        """Move a run between statuses; None when it was not in one of ``allowed_from``."""
+        """Move a run between statuses, with ``changes`` to its other columns; None when it
+        was not in one of ``allowed_from``."""
         now = utcnow()
-        values: dict[str, Any] = {"status": to, "updated_at": now}
+        values: dict[str, Any] = {"status": to, "updated_at": now, **changes}
         if to.is_over:
             values["finished_at"] = now
             values["active_name"] = None
@@ -329,24 +322,13 @@ class Store:
 
     def finish(self, run: Run) -> Run | None:
         """running -> finished once every row is accounted for; the total becomes exact."""
-        now = utcnow()
-        with self.begin() as conn:
-            changed = conn.execute(
-                update(runs)
-                .where(runs.c.id == run.id, runs.c.status == RunStatus.RUNNING)
-                .values(
-                    status=RunStatus.FINISHED,
-                    active_name=None,
-                    rows_total=runs.c.rows_done,
-                    rows_total_estimated=False,
-                    finished_at=now,
-                    updated_at=now,
-                )
-            ).rowcount
-            if not changed:
-                return None
-            self._record(conn, Event(run.name, run.id, RunStatus.FINISHED, before=RunStatus.RUNNING))
-            return self._run(conn, run.id)
+        return self.transition(
+            run.id,
+            RunStatus.FINISHED,
+            allowed_from=[RunStatus.RUNNING],
+            rows_total=runs.c.rows_done,
+            rows_total_estimated=False,
+        )
 
     def reopen_failed(self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None) -> tuple[Run, int]:
         """Re-queue the failed batches of a run and make it running again (``backfill retry``).
