@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,51 +50,28 @@ def connect_mysql(conninfo: str) -> pymysql.connections.Connection:  # type: ign
     )
 
 
-def write_mysql(conninfo: str, rows: int, rate: float, seconds: float | None, out: Path) -> None:
-    """The same writer on MariaDB / MySQL."""
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    rng = random.Random(os.getpid())
-    latencies: list[float] = []
-    errors: list[str] = []
-    interval = 1.0 / rate
-    conn = connect_mysql(conninfo)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            print("ready", flush=True)
-            started = time.monotonic()
-            next_at = started
-            while not stop and (seconds is None or time.monotonic() - started < seconds):
-                now = time.monotonic()
-                if next_at > now:
-                    time.sleep(next_at - now)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    cur.execute(
-                        "UPDATE players SET position = %s WHERE id = %s",
-                        (rng.choice(POSITIONS), rng.randint(1, rows)),
-                    )
-                except pymysql.Error as exc:
-                    errors.append(str(exc).splitlines()[0])
-                latencies.append((time.perf_counter() - t0) * 1000)
-                next_at = max(next_at + interval, time.monotonic())
-            elapsed = time.monotonic() - started
-    finally:
-        conn.close()
-    out.write_text(json.dumps({"seconds": elapsed, "latencies_ms": latencies, "errors": errors[:20]}))
-
-
 def write(conninfo: str, rows: int, rate: float, seconds: float | None, out: Path) -> None:
     if is_mysql_url(conninfo):
-        write_mysql(conninfo, rows, rate, seconds, out)
-        return
+        connection = connect_mysql(conninfo)
+        try:
+            with connection.cursor() as cursor:
+                _write(cursor.execute, pymysql.Error, rows, rate, seconds, out)
+        finally:
+            connection.close()
+    else:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            _write(conn.execute, psycopg.Error, rows, rate, seconds, out)
+
+
+def _write(
+    execute: Callable[..., Any],
+    error: type[Exception],
+    rows: int,
+    rate: float,
+    seconds: float | None,
+    out: Path,
+) -> None:
+    """The writing loop, on an autocommit connection of either database (both take ``%s``)."""
     stop = False
 
     def on_term(*_: object) -> None:
@@ -105,27 +83,23 @@ def write(conninfo: str, rows: int, rate: float, seconds: float | None, out: Pat
     latencies: list[float] = []
     errors: list[str] = []
     interval = 1.0 / rate
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT 1")
-        print("ready", flush=True)
-        started = time.monotonic()
-        next_at = started
-        while not stop and (seconds is None or time.monotonic() - started < seconds):
-            now = time.monotonic()
-            if next_at > now:
-                time.sleep(next_at - now)
-                continue
-            t0 = time.perf_counter()
-            try:
-                conn.execute(
-                    "UPDATE players SET position = %s WHERE id = %s",
-                    (rng.choice(POSITIONS), rng.randint(1, rows)),
-                )
-            except psycopg.Error as exc:
-                errors.append(str(exc).splitlines()[0])
-            latencies.append((time.perf_counter() - t0) * 1000)
-            next_at = max(next_at + interval, time.monotonic())
-        elapsed = time.monotonic() - started
+    execute("SELECT 1")
+    print("ready", flush=True)
+    started = time.monotonic()
+    next_at = started
+    while not stop and (seconds is None or time.monotonic() - started < seconds):
+        now = time.monotonic()
+        if next_at > now:
+            time.sleep(next_at - now)
+            continue
+        t0 = time.perf_counter()
+        try:
+            execute("UPDATE players SET position = %s WHERE id = %s", (rng.choice(POSITIONS), rng.randint(1, rows)))
+        except error as exc:
+            errors.append(str(exc).splitlines()[0])
+        latencies.append((time.perf_counter() - t0) * 1000)
+        next_at = max(next_at + interval, time.monotonic())
+    elapsed = time.monotonic() - started
     out.write_text(json.dumps({"seconds": elapsed, "latencies_ms": latencies, "errors": errors[:20]}))
 
 
