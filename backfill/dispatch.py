@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from backfill.executor import Executor, Outcome, Result, worker_is_gone
 from backfill.scheduler import Plan, Scheduler
-from backfill.store import Run, Store, utcnow
+from backfill.store import Store, utcnow
 from backfill.target import Targets
 
 Send = Callable[[int], None]
@@ -64,22 +64,22 @@ class Dispatcher:
         starts from a message the tick sent; the time budget hands the worker back to the
         broker now and then, so other runs and ticks get their share.
         """
+        batch = self.store.get_batch(batch_id)
+        if batch is None:
+            return [Outcome(batch_id, Result.SKIPPED)]
         outcomes: list[Outcome] = []
         deadline = time.monotonic() + self.chain_seconds
+        run = self.store.get_run(batch.run_id)
         next_id: int | None = batch_id
-        run: Run | None = None
         while next_id is not None:
-            batch = self.store.get_batch(next_id)
-            if batch is None:
-                break
-            run = self.store.get_run(batch.run_id)
             outcome = self.executor.execute(run, next_id)
             outcomes.append(outcome)
-            if outcome.result is Result.SKIPPED or time.monotonic() >= deadline:
-                break
-            next_id = self._take_next(self.scheduler.tick(run))
-        if run is not None and outcomes and outcomes[-1].result is not Result.SKIPPED:
-            self.dispatch(self.scheduler.tick(run))
+            if outcome.result is Result.SKIPPED:
+                return outcomes
+            plan = self.scheduler.tick(run)  # the run as it is now: its tuning for the next batch
+            run = plan.run
+            next_id = self._take_next(plan) if time.monotonic() < deadline else None
+        self.dispatch(plan)  # what the chain leaves goes to the broker
         return outcomes
 
     def _take_next(self, plan: Plan) -> int | None:

@@ -358,14 +358,7 @@ class Store:
                     .values(status=after, attempts=0, lease_token=None, dispatched_at=None, finished_at=None)
                 )
                 changes.append(Event(run.name, run.id, after, BatchStatus.FAILED, batch.id, batch.seq))
-                for span in spans or ():
-                    new_id = conn.execute(
-                        batches.insert()
-                        .values(_batch_values(run.id, next_seq, batch.phase, span, now))
-                        .returning(batches.c.id)
-                    ).scalar_one()
-                    changes.append(Event(run.name, run.id, BatchStatus.PENDING, None, new_id, next_seq))
-                    next_seq += 1
+                next_seq = self._replace(conn, run.name, batch, spans or (), next_seq, now, changes)
             values: dict[str, Any] = {
                 "batches_failed": runs.c.batches_failed - len(failed),
                 "next_seq": next_seq,
@@ -694,14 +687,7 @@ class Store:
                 return False
             next_seq = conn.execute(select(runs.c.next_seq).where(runs.c.id == claim.batch.run_id)).scalar_one()
             changes = [claim.event(BatchStatus.SPLIT, error=error)]
-            for span in spans:
-                new_id = conn.execute(
-                    batches.insert()
-                    .values(_batch_values(claim.batch.run_id, next_seq, claim.batch.phase, span, now))
-                    .returning(batches.c.id)
-                ).scalar_one()
-                changes.append(Event(claim.backfill, claim.batch.run_id, BatchStatus.PENDING, None, new_id, next_seq))
-                next_seq += 1
+            next_seq = self._replace(conn, claim.backfill, claim.batch, spans, next_seq, now, changes)
             smaller = max(1, max(span.rows for span in spans))
             conn.execute(
                 update(runs)
@@ -714,6 +700,27 @@ class Store:
             )
             self._record(conn, *changes)
             return True
+
+    @staticmethod
+    def _replace(
+        conn: Connection,
+        backfill: str,
+        batch: BatchRecord,
+        spans: Sequence[Span],
+        next_seq: int,
+        now: datetime,
+        changes: list[Event],
+    ) -> int:
+        """Add the batches that replace ``batch`` over ``spans``; returns the next free seq."""
+        for span in spans:
+            new_id = conn.execute(
+                batches.insert()
+                .values(_batch_values(batch.run_id, next_seq, batch.phase, span, now))
+                .returning(batches.c.id)
+            ).scalar_one()
+            changes.append(Event(backfill, batch.run_id, BatchStatus.PENDING, None, new_id, next_seq))
+            next_seq += 1
+        return next_seq
 
     def release_stale(self, run: Run, *, is_abandoned: Callable[[str], bool] | None = None) -> int:
         """Put back running batches whose lease ran out, or whose worker is known to be gone.
