@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ test: lint typecheck unit
 # The players/teams migration on PostgreSQL five ways; e.g. make bench BENCH_ARGS="--rows 200000"
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The interleaving simulator at length: 100,000 schedules on SQLite, then a slice on PostgreSQL.
+soak: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.sim --seeds 0:$(SOAK_SCHEDULES) --jobs 2
+	$(BIN)/python -m tests.sim --seeds 0:$(SOAK_POSTGRES_SCHEDULES) --jobs 2 --postgres $(SOAK_POSTGRES_URL)
+
+SOAK_SCHEDULES ?= 100000
+SOAK_POSTGRES_SCHEDULES ?= 2000
+SOAK_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 clean:
 	rm -rf $(VENV) demo.sqlite3 demo.sqlite3-wal demo.sqlite3-shm

@@ -11,13 +11,14 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from backfill import keyset
+from backfill.clock import SERVER_TIME, DatabaseTime
 from backfill.database import display_url, make_engine
 from backfill.definition import Backfill
 from backfill.dialects import error_text
 from backfill.errors import DatabaseUnavailableError, RunStateError
 from backfill.estimate import Estimate, estimate
 from backfill.executor import Outcome
+from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span
 from backfill.progress import RunProgress, measure
@@ -62,12 +63,21 @@ class RunDetails:
 
 
 class App:
-    def __init__(self, bind: Engine | Connection, definitions: Mapping[str, Backfill]) -> None:
+    def __init__(
+        self,
+        bind: Engine | Connection,
+        definitions: Mapping[str, Backfill],
+        *,
+        host: Host | None = None,
+        time: DatabaseTime = SERVER_TIME,
+    ) -> None:
         """``bind`` is an engine, or one connection whose transaction everything joins (an
-        Alembic migration's)."""
+        Alembic migration's). ``host`` and ``time`` are this process's clock and identity and
+        the store's clock: the defaults are the real ones."""
         self.definitions = definitions if isinstance(definitions, Registry) else Registry(definitions)
-        self.store = Store(bind)
+        self.store = Store(bind, time=time)
         self.targets = Targets(bind, self.definitions)
+        self.host = host or Host()
 
     @classmethod
     def from_settings(cls, *, app: str | None, database_url: str | URL | None) -> App:
@@ -97,7 +107,7 @@ class App:
         tuning = definition.tuning.replace(overrides)
         self.store.check_tables()
         self.targets.get(name)
-        scheduler = Scheduler(self.store, self.targets)
+        scheduler = Scheduler(self.store, self.targets, clock=self.host.clock)
         busy = scheduler.conflicting(name, self.store.active_runs_on(definition.table, definition.schema))
         if busy is not None:
             raise RunStateError(
@@ -117,7 +127,8 @@ class App:
         on_outcome: Callable[[Outcome], None] | None = None,
         **overrides: Any,
     ) -> Run:
-        """Run a backfill to its end in this process, continuing its active run if it has one."""
+        """Run a backfill to its end in this process, continuing its active run if it has one
+        (with ``overrides``, that run is tuned first, as ``tune`` would)."""
         self.definitions[name]
         self.store.check_tables()
         run = self.store.active_run(name)
@@ -127,54 +138,63 @@ class App:
             raise RunStateError(f"backfill '{name}' is paused: `backfill resume {name}` first")
         else:
             self.targets.get(name)
-        runner = InlineRunner(self.store, self.targets, threads=threads, on_progress=on_progress, on_outcome=on_outcome)
+            if any(v is not None for v in overrides.values()):
+                run = self.tune(name, **overrides)
+        runner = InlineRunner(
+            self.store,
+            self.targets,
+            threads=threads,
+            on_progress=on_progress,
+            on_outcome=on_outcome,
+            host=self.host,
+        )
         return runner.run(run)
 
     # -- operating ----------------------------------------------------------------------------
 
     def pause(self, name: str) -> Run:
         run = self._active(name)
-        return self._move(run, RunStatus.PAUSED, [RunStatus.PENDING, RunStatus.RUNNING], "pause")
+        return self._done(run, "pause", self.store.pause(run))
 
     def resume(self, name: str) -> Run:
         run = self._active(name)
-        to = RunStatus.RUNNING if run.started_at is not None else RunStatus.PENDING
-        return self._move(run, to, [RunStatus.PAUSED], "resume")
+        return self._done(run, "resume", self.store.resume(run))
 
     def cancel(self, name: str) -> Run:
         run = self._active(name)
-        return self._move(run, RunStatus.CANCELLED, [RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED], "cancel")
+        return self._done(run, "cancel", self.store.cancel(run))
 
     def retry(self, name: str, *, split: bool = False) -> tuple[Run, int]:
         """Re-queue the failed batches of the latest run; a failed run becomes running again.
 
-        With ``split``, each failed batch is replaced by two halves over the same keys: the way
-        past a statement timeout, or to narrow a failure down to the rows that cause it.
+        With ``split``, each failed batch is replaced by two halves that partition its range:
+        the way past a statement timeout, or to narrow a failure down to the rows that cause it.
         """
         self._check_name(name)
         run = self.store.latest_run(name)
         if run is None:
             raise RunStateError(f"backfill '{name}' has never run: `backfill start {name}`")
-        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED) or not run.batches_failed:
+        if run.status in (RunStatus.FINISHED, RunStatus.CANCELLED):
             raise RunStateError(f"backfill '{name}' has no failed batches to retry (run {run.id} is {run.status})")
         splits: dict[int, list[Span]] = {}
         if split:
             target = self.targets.get(name)
-            with self.store.connect() as connection:
+            with self.store.reading() as connection:
                 for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
-                    first, last = target.decode(batch.first_key), target.decode(batch.last_key)
-                    assert first is not None and last is not None
-                    spans = keyset.halves(connection, target.key_columns, first, last, batch.rows)
+                    spans = target.halves(connection, batch)
                     if len(spans) > 1:
                         splits[batch.id] = spans
         return self.store.reopen_failed(run, splits)
 
     def tune(self, name: str, **overrides: Any) -> Run:
-        """Change a run's knobs while it runs; batches planned from now on use them."""
+        """Change a run's settings while it runs; batches planned from now on use them. Only
+        the settings given are written: nothing else is put back to what it was."""
         run = self._active(name)
-        if not any(v is not None for v in overrides.values()):
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
             raise RunStateError("nothing to change: give --batch-size, --parallelism or another setting")
-        return self.store.tune(run, run.tuning.replace(overrides))
+        tuned = run.tuning.replace(given)  # checks every value, and the settings together
+        return self.store.tune(run, {k: getattr(tuned, k) for k in given})
 
     def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
         """Block until every named run has ended, or one has failed or been cancelled."""
@@ -235,8 +255,7 @@ class App:
             raise RunStateError(f"backfill '{name}' has no active run: {state}")
         return run
 
-    def _move(self, run: Run, to: RunStatus, allowed: list[RunStatus], verb: str) -> Run:
-        moved = self.store.transition(run.id, to, allowed_from=allowed)
+    def _done(self, run: Run, verb: str, moved: Run | None) -> Run:
         if moved is None:
             current = self.store.get_run(run.id)
             raise RunStateError(f"cannot {verb} backfill '{run.name}': its run {run.id} is {current.status}")

@@ -20,6 +20,9 @@ _DRIVERS = {
     "mariadb": "mariadb+pymysql",
 }
 
+READ_ONLY = "backfill_read_only"
+"""``connection.info`` key: the connection only reads (on SQLite, its transactions are deferred)."""
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite connection waits for the write lock outside a batch (store bookkeeping)."""
 
@@ -97,4 +100,6 @@ def _configure_sqlite(engine: Engine) -> None:
     def _begin(connection: Any) -> None:
         busy_ms = connection.info.get("sqlite_busy_timeout_ms", SQLITE_BUSY_TIMEOUT_MS)
         connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader (status, a planner's look at the batches) reads a snapshot beside the
+        # writer (WAL); taking the write lock would make it queue behind every batch.
+        connection.exec_driver_sql("BEGIN" if connection.info.get(READ_ONLY) else "BEGIN IMMEDIATE")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from sqlalchemy import ColumnElement, Executable, TextClause, and_, text
+from sqlalchemy import ColumnElement, Executable, TextClause, and_, or_, text
 
 from backfill.errors import DefinitionError
 from backfill.status import Phase
@@ -34,10 +34,11 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,119}$")
 class Batch:
     """One slice of the key space, handed to the work.
 
-    ``first`` and ``last`` are the first and last keys the slice held when it was planned; the
-    work covers every row whose key lies between them, both included. Rows inserted later into
-    the gap before ``first`` are left to the final pass, like any other row the work did not
-    reach.
+    ``first`` and ``last`` are the first and last keys the slice held when it was planned, in
+    the key columns' Python types; the work covers every row whose key lies between them, both
+    included. A row inserted later into a gap between two batches is the final pass's: with a
+    ``pending`` predicate (given, or derived from ``columns``) the final pass finds it; without
+    one, the final pass covers only keys added past the run's end (see ``Backfill``).
     """
 
     id: int
@@ -166,13 +167,18 @@ class Backfill:
     - a callable ``work(connection, batch)`` returning the number of rows it changed (or None).
 
     ``pending`` says which rows still need the work (SQL text such as ``"team_id IS NULL"``, or
-    a callable given the reflected table). With it, the run ends with a pass over the rows
-    still pending; the work must then leave alone rows that no longer match it, since a
-    final-pass batch spans done rows as well. Without it, the final pass covers the keys
-    inserted past the run's end.
+    a callable given the reflected table). Without it, ``columns`` (the columns the work fills)
+    give one: a row is pending while any of them IS NULL. With a predicate, the run ends with a
+    final pass over every row of the key range still matching it — rows inserted into gaps,
+    rows set back to pending — and the work must leave alone rows that no longer match it,
+    since a final-pass batch spans done rows as well; a final-pass batch whose rows still match
+    after its work is a definition error, and the run stops there. With neither, nothing says
+    which rows are pending: the final pass covers only keys added past the run's end, and a row
+    inserted below the end after the sweep passed its place is not processed (``status`` says
+    which final pass a run has).
 
-    ``columns`` names the columns the work fills: checked to exist at start, and used to name
-    the backfill when a NOT NULL check on one of them fails.
+    ``columns`` are also checked to exist at start, and name the backfill when a NOT NULL check
+    on one of them fails.
 
     ``health_checks`` are the application's own signals, beside the database's (replica lag,
     long transactions, connections: see ``Tuning``): each is given a connection and returns why
@@ -218,9 +224,18 @@ class Backfill:
         if not self.description and callable(self.work) and self.work.__doc__:
             object.__setattr__(self, "description", self.work.__doc__.strip().splitlines()[0])
 
+    @property
+    def has_pending(self) -> bool:
+        """Whether the final pass can tell which rows still need the work."""
+        return self.pending is not None or bool(self.columns)
+
     def pending_clause(self, table: Table) -> ColumnElement[bool] | None:
+        """The rows that still need the work: the ``pending`` predicate, or else any of the
+        filled ``columns`` still NULL; None when neither is given."""
         if self.pending is None:
-            return None
+            if not self.columns:
+                return None
+            return or_(*(table.c[name].is_(None) for name in self.columns))
         if isinstance(self.pending, str):
             return text(self.pending)  # type: ignore[return-value]
         return self.pending(table)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, func, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from backfill.status import ErrorKind
+
+T = TypeVar("T")
 
 # PostgreSQL SQLSTATEs (Appendix A of its manual).
 _PG_TRANSIENT = {
@@ -85,14 +88,27 @@ def is_transient(exc: BaseException) -> bool:
     return classify(exc) is ErrorKind.TRANSIENT
 
 
-def retry_transient(attempts: int = 8) -> Retrying:
-    """Retry a piece of bookkeeping through a lock conflict or a reconnect."""
+def retry_transient(attempts: int = 8, sleep: Callable[[float], None] = time.sleep) -> Retrying:
+    """Retry a piece of bookkeeping through a lock conflict or a reconnect.
+
+    Safe for every store call: each is a guarded transaction, so an attempt whose commit did in
+    fact land makes the next one a no-op (at worst a claim nobody holds, which its lease ends).
+    """
     return Retrying(
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=0.05, max=5.0),
         retry=retry_if_exception(is_transient),
         reraise=True,
+        sleep=sleep,
     )
+
+
+def retried(call: Callable[[], T], sleep: Callable[[float], None] = time.sleep) -> T:
+    """``call()``, retried through transient errors (see ``retry_transient``)."""
+    for attempt in retry_transient(sleep=sleep):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable: the last attempt re-raises")
 
 
 def error_text(exc: BaseException, limit: int = 2000) -> str:

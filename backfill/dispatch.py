@@ -8,16 +8,18 @@ delivered twice is harmless (the claim admits one worker).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from datetime import timedelta
+from typing import TypeVar
 
-from backfill.executor import Executor, Outcome, Result, worker_is_gone
+from backfill.dialects import retried
+from backfill.executor import Executor, Outcome, Result
+from backfill.host import Host
 from backfill.scheduler import Plan, Scheduler
-from backfill.store import Store, utcnow
+from backfill.store import Store
 from backfill.target import Targets
 
 Send = Callable[[int], None]
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -29,16 +31,18 @@ class Dispatcher:
         *,
         redispatch_after: float = 60.0,
         chain_seconds: float = 30.0,
+        host: Host | None = None,
     ) -> None:
         """``send(batch_id)`` puts one message on the broker. A pending batch whose message
-        went out more than ``redispatch_after`` seconds ago is sent again: its message may be
-        lost (broker flushed or restarted). Keep it above the time a message waits in a busy
-        queue, or workers will be handed batches they then skip."""
+        went out more than ``redispatch_after`` seconds ago (by the database's clock) is sent
+        again: its message may be lost (broker flushed or restarted). Keep it above the time a
+        message waits in a busy queue, or workers will be handed batches they then skip."""
         self.store = store
-        self.scheduler = Scheduler(store, targets, lookahead=0)
-        self.executor = Executor(store, targets)
+        self.host = host or Host()
+        self.scheduler = Scheduler(store, targets, lookahead=0, clock=self.host.clock)
+        self.executor = Executor(store, targets, host=self.host)
         self.send = send
-        self.redispatch_after = timedelta(seconds=redispatch_after)
+        self.redispatch_after = redispatch_after
         self.chain_seconds = chain_seconds
 
     def tick(self) -> int:
@@ -49,10 +53,13 @@ class Dispatcher:
         and re-sends batches whose message was lost.
         """
         sent = 0
-        for run in self.store.runnable_runs():
-            self.scheduler.release_stale(run, worker_is_gone)
-            sent += self.dispatch(self.scheduler.tick(run))
+        for run in self._retried(self.store.runnable_runs):
+            self._retried(lambda: self.scheduler.release_stale(run, self.host.is_gone))  # noqa: B023
+            sent += self.dispatch(self._retried(lambda: self.scheduler.tick(run)))  # noqa: B023
         return sent
+
+    def _retried(self, call: Callable[[], T]) -> T:
+        return retried(call, self.host.clock.sleep)
 
     def execute(self, batch_id: int) -> list[Outcome]:
         """Run one batch, then keep going: take the run's next planned batch and run it here
@@ -64,49 +71,44 @@ class Dispatcher:
         starts from a message the tick sent; the time budget hands the worker back to the
         broker now and then, so other runs and ticks get their share.
         """
-        batch = self.store.get_batch(batch_id)
+        batch = self._retried(lambda: self.store.get_batch(batch_id))
         if batch is None:
             return [Outcome(batch_id, Result.SKIPPED)]
         outcomes: list[Outcome] = []
-        deadline = time.monotonic() + self.chain_seconds
-        run = self.store.get_run(batch.run_id)
+        clock = self.host.clock
+        deadline = clock.monotonic() + self.chain_seconds
+        run = self._retried(lambda: self.store.get_run(batch.run_id))
         next_id: int | None = batch_id
         while next_id is not None:
             outcome = self.executor.execute(run, next_id)
             outcomes.append(outcome)
             if outcome.result is Result.SKIPPED:
                 return outcomes
-            plan = self.scheduler.tick(run)  # the run as it is now: its tuning for the next batch
+            plan = self._retried(lambda: self.scheduler.tick(run))  # noqa: B023 - the run as it is now
             run = plan.run
-            next_id = self._take_next(plan) if time.monotonic() < deadline else None
+            next_id = self._take_next(plan) if clock.monotonic() < deadline else None
         self.dispatch(plan)  # what the chain leaves goes to the broker
         return outcomes
 
     def _take_next(self, plan: Plan) -> int | None:
         """A planned batch no message is on its way for, marked so that none will be."""
-        stale_before = utcnow() - self.redispatch_after
         for batch in plan.pending:
-            if batch.dispatched_at is not None and batch.dispatched_at >= stale_before:
-                continue
-            if self.store.mark_dispatched(batch.id, unless_since=stale_before):
+            if self._retried(lambda: self.store.mark_dispatched([batch.id], redispatch_after=self.redispatch_after)):  # noqa: B023
                 return batch.id
         return None
 
     def dispatch(self, plan: Plan) -> int:
-        stale_before = utcnow() - self.redispatch_after
-        sent = 0
-        for batch in plan.pending:
-            if batch.dispatched_at is not None and batch.dispatched_at >= stale_before:
-                continue
-            if not self.store.mark_dispatched(batch.id, unless_since=stale_before):
-                continue
+        """Send a message for each planned batch that has none on its way."""
+        ids = [b.id for b in plan.pending]
+        marked = self._retried(lambda: self.store.mark_dispatched(ids, redispatch_after=self.redispatch_after))
+        for sent, batch_id in enumerate(marked):
             try:
-                self.send(batch.id)
+                self.send(batch_id)
             except BaseException:
-                self.store.unmark_dispatched(batch.id)
+                for unsent in marked[sent:]:
+                    self.store.unmark_dispatched(unsent)
                 raise
-            sent += 1
-        return sent
+        return len(marked)
 
 
 __all__ = ["Dispatcher", "Send"]

@@ -29,6 +29,11 @@ class TargetError(BackfillError):
     """The definition does not match the database: missing table or column, non-unique key."""
 
 
+class PlanningError(BackfillError):
+    """Planning a run hit an error in the definition's own SQL (its table, key or ``pending``
+    predicate) that planning again would hit again: the run stops, failed, with it."""
+
+
 class StoreMissingError(BackfillError):
     """The checkpoint tables do not exist yet."""
 

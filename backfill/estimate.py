@@ -61,7 +61,7 @@ def sample_spans(store: Store, target: Target, tuning: Tuning, samples: int) -> 
     """Batches to try: spread over the key range for a one-column integer key (the cost of a
     batch should not depend on where it is: this checks), else the first ones."""
     columns = target.key_columns
-    with store.connect() as connection:
+    with store.reading() as connection:
         first = keyset.next_spans(connection, columns, cursor=None, end=None, size=tuning.batch_size, count=1)
         if not first:
             return []

@@ -35,15 +35,15 @@ class Event:
     def subject(self) -> str:
         return "batch" if self.batch_id is not None else "run"
 
-    def row(self, at: datetime) -> dict[str, object]:
+    def row(self) -> dict[str, object]:
+        """Its ``backfill_events`` row, but for the time (the database's, set by the store)."""
         return {
             "run_id": self.run_id,
             "batch_id": self.batch_id,
-            "before": self.before,
-            "after": self.after,
+            "before": None if self.before is None else str(self.before),
+            "after": str(self.after),
             "worker": self.worker,
             "error": self.error,
-            "at": at,
         }
 
 

@@ -1,7 +1,8 @@
 """Runs one batch: claim it, bound it in time, do the work, record it — or record why not.
 
-The work and the batch's checkpoint commit in one transaction, guarded by the claim's token, so
-a batch delivered twice, or re-claimed after its worker vanished, changes its rows once.
+The work and the batch's checkpoint commit in one transaction, guarded by the claim's token and
+by the run still working, so a batch delivered twice, re-claimed after its worker vanished, or
+finishing after its run ended changes its rows at most once and counts only while the run lives.
 Transient database errors are retried here with backoff; anything else fails the batch at once
 and its error stays on the batch row.
 """
@@ -10,94 +11,25 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tenacity import RetryCallState
 
-from backfill import dialects, keyset
-from backfill.definition import Batch
+from backfill import dialects
+from backfill.errors import AppError, TargetError
+from backfill.host import Host
+from backfill.keyset import Span
 from backfill.status import ErrorKind
-from backfill.store import Claim, Run, Store
+from backfill.store import Claim, Refusal, Refused, Run, Store
 from backfill.target import Target, Targets
 
-_HOST = socket.gethostname()
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-
-def worker_name() -> str:
-    """Who is running a batch: host, process and thread, so a dead owner can be recognised."""
-    return f"{_HOST}:{os.getpid()}:{threading.current_thread().name}"
-
-
-def worker_is_gone(worker: str) -> bool:
-    """True when ``worker`` names a process on this host that no longer exists."""
-    host, _, rest = worker.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-HEARTBEAT_SECONDS = float(os.environ.get("BACKFILL_HEARTBEAT_SECONDS") or 10.0)
-"""How often a worker renews the lease of the batches it is running."""
-
-
-def lease_seconds(run: Run) -> float:
-    """How long a claim is honoured without a heartbeat: three missed heartbeats mean the worker
-    is stuck or gone, and the batch may be handed to someone else."""
-    return 3 * HEARTBEAT_SECONDS
-
-
-class Heartbeat:
-    """One thread per executor renewing the leases of the batches in progress."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._claims: dict[int, tuple[Claim, float]] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @contextmanager
-    def keep(self, claim: Claim, lease: float) -> Iterator[None]:
-        if self.store.borrowed:
-            yield  # one borrowed connection serves one thread: no heartbeat beside the batch
-            return
-        with self._lock:
-            self._claims[claim.batch.id] = (claim, lease)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._beat, name="backfill-heartbeat", daemon=True)
-                self._thread.start()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._claims.pop(claim.batch.id, None)
-
-    def _beat(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_SECONDS)
-            with self._lock:
-                claims = list(self._claims.values())
-            for claim, lease in claims:
-                try:
-                    self.store.extend_lease(claim, lease)
-                except Exception:  # a missed beat is survivable; the next one tries again
-                    logger.warning("heartbeat of batch %s failed", claim.batch.id, exc_info=True)
+RATE_WAIT_SECONDS = 1.0
+"""The longest a worker sleeps at a time while the rate cap holds its next batch back."""
 
 
 class Result(enum.Enum):
@@ -118,55 +50,62 @@ class Outcome:
     duration_ms: float = 0.0
     attempts: int = 0
     error: str | None = None
+    refusal: Refusal | None = None
 
 
-class _ClaimLost(Exception):
-    """Another worker owns the batch now; this attempt's work must not commit."""
+class PendingNotCleared(Exception):
+    """A final-pass batch's rows still match ``pending`` after its work: the definition's work
+    does not clear what its predicate tests, and every pass would find the same rows again."""
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
 
 
 class Executor:
-    def __init__(self, store: Store, targets: Targets) -> None:
+    def __init__(self, store: Store, targets: Targets, *, host: Host | None = None) -> None:
         self.store = store
         self.targets = targets
-        self.heartbeat = Heartbeat(store)
+        self.host = host or Host()
+        self.heartbeat = self.host.heartbeat(store, self.host.heartbeat_seconds)
 
     def execute(self, run: Run, batch_id: int) -> Outcome:
-        claim = self.store.claim(run, batch_id, worker_name(), lease_seconds(run))
-        if claim is None:
-            return Outcome(batch_id, Result.SKIPPED)
-        target = self.targets.get(run.name)
+        try:
+            target = self.targets.get(run.name)
+        except (AppError, TargetError) as exc:
+            # Not this process's to run (its definitions are older), or the definition no
+            # longer fits the table: the planner says so on the run; the batch stays unclaimed.
+            logger.warning("batch %s of backfill %s left alone: %s", batch_id, run.name, exc)
+            return Outcome(batch_id, Result.SKIPPED, error=str(exc))
+        claim = self._claim(run, batch_id)
+        if isinstance(claim, Refused):
+            return Outcome(batch_id, Result.SKIPPED, refusal=claim.reason)
         tries = max(1, run.tuning.max_attempts - claim.batch.attempts + 1)
         attempts = 0
+        clock = self.host.clock
 
         def note_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry")
+            self._retried(lambda: self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry"))
 
-        retrying = dialects.retry_transient(tries).copy(before_sleep=note_retry)
+        retrying = dialects.retry_transient(tries, clock.sleep).copy(before_sleep=note_retry)
         try:
-            with self.heartbeat.keep(claim, lease_seconds(run)):
+            with self.heartbeat.keep(claim, self.host.lease_seconds):
                 for attempt in retrying:
                     with attempt:
                         attempts += 1
                         rows_affected, duration_ms = self._run_once(run, target, claim)
-        except _ClaimLost:
-            return Outcome(batch_id, Result.SKIPPED, attempts=attempts)
+        except _Refused as refused:
+            return self._refused(claim, refused.refusal, attempts)
+        except PendingNotCleared as exc:
+            error = str(exc)
+            refusal = self._retried(lambda: self.store.fail(claim, error, stop_run=error))
+            return self._refused(claim, refusal, attempts) if refusal else self._failed(claim, attempts, error)
         except Exception as exc:
-            error = dialects.error_text(exc)
-            if dialects.classify(exc) is ErrorKind.TIMEOUT and self._split(target, claim, error):
-                return Outcome(batch_id, Result.SPLIT, rows=claim.batch.rows, attempts=attempts, error=error)
-            if dialects.classify(exc) is ErrorKind.TIMEOUT:
-                error = (
-                    f"batch exceeded its statement timeout of {run.tuning.statement_timeout:g}s ({error}): "
-                    "lower the batch size or raise statement_timeout"
-                )
-            elif dialects.classify(exc) is ErrorKind.TRANSIENT:
-                error = f"gave up after {claim.batch.attempts + attempts - 1} attempts: {error}"
-            self.store.fail(claim, error)
-            return Outcome(batch_id, Result.FAILED, rows=claim.batch.rows, attempts=attempts, error=error)
+            return self._on_error(run, target, claim, exc, attempts)
         pause = run.tuning.pause_seconds + run.tuning.nice_ratio * duration_ms / 1000
-        if pause:
-            time.sleep(pause)  # throttling: this worker slot leaves the database alone a while
+        clock.sleep(pause)  # throttling: this worker slot leaves the database alone a while
         return Outcome(
             batch_id,
             Result.SUCCEEDED,
@@ -176,32 +115,61 @@ class Executor:
             attempts=attempts,
         )
 
-    def _split(self, target: Target, claim: Claim, error: str) -> bool:
-        """Replace a batch that ran out of time by its two halves, when it can be cut."""
-        record = claim.batch
-        if record.rows < 2:
-            return False
-        first, last = target.decode(record.first_key), target.decode(record.last_key)
-        assert first is not None and last is not None
-        with self.store.connect() as connection:
-            spans = keyset.halves(connection, target.key_columns, first, last, record.rows)
-        if len(spans) < 2:
-            return False
-        return self.store.split(claim, spans, f"split in two after a statement timeout: {error}")
+    def _retried(self, call: Callable[[], T]) -> T:
+        """A store call, through transient errors: every one is a guarded transaction."""
+        return dialects.retried(call, self.host.clock.sleep)
+
+    def _claim(self, run: Run, batch_id: int) -> Claim | Refused:
+        """Claim the batch, waiting while the rate cap holds it back."""
+        worker = self.host.worker_name()
+        while True:
+            claim = self._retried(lambda: self.store.claim(run, batch_id, worker, self.host.lease_seconds))
+            if not (isinstance(claim, Refused) and claim.reason is Refusal.RATE):
+                return claim
+            self.host.clock.sleep(min(max(claim.retry_after, 0.01), RATE_WAIT_SECONDS))
+
+    def _on_error(self, run: Run, target: Target, claim: Claim, exc: Exception, attempts: int) -> Outcome:
+        error = dialects.error_text(exc)
+        kind = dialects.classify(exc)
+        if kind is ErrorKind.TIMEOUT and claim.batch.rows >= 2:
+            spans = self._retried(lambda: self._halves(target, claim))
+            if len(spans) >= 2:
+                why = f"split in two after a statement timeout: {error}"
+                refusal = self._retried(lambda: self.store.split(claim, spans, why))
+                if refusal is not None:
+                    return self._refused(claim, refusal, attempts)
+                return Outcome(claim.batch.id, Result.SPLIT, rows=claim.batch.rows, attempts=attempts, error=error)
+        if kind is ErrorKind.TIMEOUT:
+            error = (
+                f"batch exceeded its statement timeout of {run.tuning.statement_timeout:g}s ({error}): "
+                "lower the batch size or raise statement_timeout"
+            )
+        elif kind is ErrorKind.TRANSIENT:
+            error = f"gave up after {claim.batch.attempts + attempts - 1} attempts: {error}"
+        refusal = self._retried(lambda: self.store.fail(claim, error))
+        if refusal is not None:
+            return self._refused(claim, refusal, attempts)
+        return self._failed(claim, attempts, error)
+
+    def _halves(self, target: Target, claim: Claim) -> list[Span]:
+        with self.store.reading() as connection:
+            return target.halves(connection, claim.batch)
+
+    def _failed(self, claim: Claim, attempts: int, error: str) -> Outcome:
+        return Outcome(claim.batch.id, Result.FAILED, rows=claim.batch.rows, attempts=attempts, error=error)
+
+    def _refused(self, claim: Claim, refusal: Refusal, attempts: int) -> Outcome:
+        """The batch could not be concluded: another worker holds it now, or its run stopped
+        working — then the claim is handed back, so a retry or a resume runs the batch again."""
+        if refusal is Refusal.NOT_RUNNING:
+            why = "its run stopped before the batch could commit; nothing of it counted"
+            self._retried(lambda: self.store.release(claim, why))
+        return Outcome(claim.batch.id, Result.SKIPPED, attempts=attempts, refusal=refusal)
 
     def _run_once(self, run: Run, target: Target, claim: Claim) -> tuple[int | None, float]:
-        record = claim.batch
-        batch = Batch(
-            id=record.id,
-            run_id=record.run_id,
-            seq=record.seq,
-            phase=record.phase,
-            key_columns=run.key_columns,
-            first=target.decode(record.first_key) or (),
-            last=target.decode(record.last_key) or (),
-            rows=record.rows,
-        )
+        batch = target.batch(claim.batch)
         tuning = run.tuning
+        clock = self.host.clock
         # On a borrowed connection (a migration), the migration's own time limits apply:
         # SET LOCAL would outlive the batch's savepoint and bind the rest of the migration.
         bounded = not self.store.borrowed
@@ -210,14 +178,25 @@ class Executor:
                 dialects.before_begin(connection, tuning.lock_timeout)
             try:
                 with self.store.transaction(connection):
-                    started = time.perf_counter()
+                    started = clock.monotonic()
                     if bounded:
                         dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
                     rows_affected = target.definition.run_work(connection, batch)
-                    duration_ms = (time.perf_counter() - started) * 1000
-                    if not self.store.complete(connection, claim, rows_affected=rows_affected, duration_ms=duration_ms):
-                        raise _ClaimLost
+                    duration_ms = (clock.monotonic() - started) * 1000
+                    if target.still_pending(connection, claim.batch):
+                        raise PendingNotCleared(
+                            f"batch {claim.batch.seq}: rows of {list(batch.first)}..{list(batch.last)} still match "
+                            "`pending` after the work: check that `work` sets what `pending` tests"
+                        )
+                    refusal = self.store.complete(
+                        connection, claim, rows_affected=rows_affected, duration_ms=duration_ms
+                    )
+                    if refusal is not None:
+                        raise _Refused(refusal)
             finally:
                 if bounded:
                     dialects.after_end(connection)
         return rows_affected, duration_ms
+
+
+__all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]

@@ -7,14 +7,14 @@ claimed are taken back at once rather than after their lease runs out.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from backfill.dialects import retry_transient
-from backfill.executor import Executor, Outcome, Result, worker_is_gone
+from backfill.dialects import retried
+from backfill.executor import Executor, Outcome, Result
+from backfill.host import Host
 from backfill.scheduler import Plan, Scheduler
 from backfill.status import RunStatus
 from backfill.store import Run, Store
@@ -37,6 +37,8 @@ class InlineRunner:
         on_progress: Callable[[Run], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
         poll_interval: float = 0.25,
+        host: Host | None = None,
+        pool: Callable[[int, Run], futures.Executor] | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -44,6 +46,8 @@ class InlineRunner:
         self.on_progress = on_progress
         self.on_outcome = on_outcome
         self.poll_interval = poll_interval
+        self.host = host or Host()
+        self.pool = pool or self._pool
 
     def run(self, run: Run) -> Run:
         """Run until the run is over (finished, failed, cancelled) or paused; returns it then.
@@ -52,22 +56,20 @@ class InlineRunner:
         the interrupt propagates.
         """
         threads = 1 if self.store.borrowed else self.threads or run.tuning.parallelism
-        scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads)
-        executor = Executor(self.store, self.targets)
+        clock = self.host.clock
+        scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads, clock=clock)
+        executor = Executor(self.store, self.targets, host=self.host)
 
         def tick(run: Run) -> Plan:
-            for attempt in retry_transient():
-                with attempt:
-                    return scheduler.tick(run)
-            raise AssertionError("unreachable")
+            return retried(lambda: scheduler.tick(run), clock.sleep)
 
-        for attempt in retry_transient():
-            with attempt:
-                run = scheduler.activate(self.store.get_run(run.id))
-                scheduler.release_stale(run, worker_is_gone)
+        def sweep(run: Run) -> None:
+            retried(lambda: scheduler.release_stale(run, self.host.is_gone), clock.sleep)
+
+        sweep(run)  # the claims of a dead predecessor come back at once
         in_flight: dict[Future[Outcome], int] = {}
         started: set[int] = set()
-        with self._pool(threads, run) as pool:
+        with self.pool(threads, run) as pool:
 
             def start_planned(plan: Plan) -> int:
                 """Start planned batches on free threads; returns how many planned are left."""
@@ -80,7 +82,7 @@ class InlineRunner:
 
             try:
                 plan = tick(run)
-                last_tick = last_sweep = time.monotonic()
+                last_tick = last_sweep = clock.monotonic()
                 while True:
                     run = plan.run
                     self._report(run)
@@ -89,7 +91,7 @@ class InlineRunner:
                     left = start_planned(plan)
                     if not in_flight:
                         # Open batches belong to another live process: wait for it.
-                        time.sleep(self.poll_interval)
+                        clock.sleep(self.poll_interval)
                     else:
                         done, _ = wait(in_flight, timeout=self.poll_interval, return_when=FIRST_COMPLETED)
                         for future in done:
@@ -101,9 +103,9 @@ class InlineRunner:
                             if self.on_outcome is not None:
                                 self.on_outcome(outcome)
                         left = min(left, start_planned(plan))
-                    now = time.monotonic()
+                    now = clock.monotonic()
                     if now - last_sweep > STALE_SWEEP_SECONDS:
-                        scheduler.release_stale(run, worker_is_gone)
+                        sweep(run)
                         last_sweep = now
                     # Re-plan when the planned batches run low, and at least every
                     # TICK_SECONDS so a pause or cancel from elsewhere is seen promptly.

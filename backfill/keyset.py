@@ -128,9 +128,8 @@ def after(columns: Sequence[ColumnElement[Any]], cursor: Key | None) -> ColumnEl
     return true() if cursor is None else row_compare(columns, ">", cursor)
 
 
-def at_least(columns: Sequence[Column[Any]], start: Key) -> ColumnElement[bool]:
-    condition: ColumnElement[bool] = columns[0] >= start[0] if len(columns) == 1 else tuple_(*columns) >= tuple_(*start)
-    return condition
+def at_least(columns: Sequence[ColumnElement[Any]], start: Key) -> ColumnElement[bool]:
+    return row_compare(columns, ">=", start)
 
 
 def at_most(columns: Sequence[ColumnElement[Any]], end: Key | None) -> ColumnElement[bool]:
@@ -189,17 +188,38 @@ def next_spans(
     return spans
 
 
-def halves(connection: Connection, columns: Sequence[Column[Any]], first: Key, last: Key, rows: int) -> list[Span]:
-    """The keys from ``first`` to ``last`` (both included) in two spans of about half each."""
-    return next_spans(
-        connection,
-        columns,
-        cursor=None,
-        end=last,
-        size=max(1, -(-rows // 2)),
-        count=rows + 1,
-        where=at_least(columns, first),
-    )
+def halves(
+    connection: Connection,
+    columns: Sequence[Column[Any]],
+    first: Key,
+    last: Key,
+    rows: int,
+    where: ColumnElement[bool] | None = None,
+) -> list[Span]:
+    """Cut the range ``first``..``last`` (both included) in two that partition it exactly.
+
+    The cut falls after the key holding about half of the range's ``rows`` — counted among the
+    keys matching ``where`` (a final-pass batch counts only its pending rows) — and the second
+    half starts at the range's next key, whatever it holds. So every key of the range lies in
+    exactly one half, however many more keys the range holds than ``rows`` says, and none lies
+    outside it. Reads at most about rows / 2 + 1 index entries. One span back: it cannot be cut.
+    """
+    whole = [Span(first, last, rows)]
+    if rows < 2:
+        return whole  # one row counted: nothing to narrow down
+    inside = [at_least(columns, first), at_most(columns, last)]
+    take = max(1, -(-rows // 2))
+    counted = select(*columns).where(*inside, *([where] if where is not None else []))
+    keys = [tuple(r) for r in connection.execute(counted.order_by(*columns).limit(take))]
+    if not keys:
+        return whole
+    middle = keys[-1]
+    following = connection.execute(
+        select(*columns).where(after(columns, middle), at_most(columns, last)).order_by(*columns).limit(1)
+    ).first()
+    if following is None:
+        return whole
+    return [Span(first, middle, len(keys)), Span(tuple(following), last, rows - len(keys))]
 
 
 def last_key(connection: Connection, columns: Sequence[Column[Any]]) -> Key | None:

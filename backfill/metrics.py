@@ -69,7 +69,7 @@ class StoreCollector(Collector):
         query = select(*columns, func.count(), func.coalesce(func.sum(ms), 0)).where(
             b.c.run_id == run_id, b.c.status == BatchStatus.SUCCEEDED
         )
-        with self.store.connect() as connection:
+        with self.store.reading() as connection:
             row = connection.execute(query).one()
         count, total_ms = int(row[-2]), float(row[-1])
         buckets = [(str(bound), float(row[i] or 0)) for i, bound in enumerate(BUCKETS_SECONDS)]

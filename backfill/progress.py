@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from backfill.status import BatchStatus, Phase, RunStatus
-from backfill.store import Run, Store, utcnow
+from backfill.store import Run, Store
 
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -111,7 +111,7 @@ def refine_total(run: Run, planned_rows: int, first_key: list[Any] | None) -> in
 
 
 def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
-    now = now or utcnow()
+    now = now or store.db_time()
     stats = store.batch_stats(run.id)
     counts = stats.counts
     elapsed = None
@@ -125,7 +125,7 @@ def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
             window = min(RATE_WINDOW, now - run.started_at)
             seconds = window.total_seconds()
             if seconds > 0:
-                rate = store.recent_rows(run.id, now - window) / seconds
+                rate = store.recent_rows(run.id, seconds) / seconds
     return RunProgress(
         run=run,
         batches_pending=counts[BatchStatus.PENDING],

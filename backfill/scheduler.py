@@ -9,19 +9,28 @@ whose messages or workers were all lost is planned again from the database alone
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+
+from sqlalchemy.exc import DBAPIError
 
 from backfill import dialects, health, keyset
+from backfill.clock import SYSTEM_CLOCK, Clock
+from backfill.definition import Key
+from backfill.errors import AppError, PlanningError, TargetError
 from backfill.keyset import encode_key
 from backfill.status import BatchStatus, Phase, RunStatus
-from backfill.store import BatchRecord, Run, Store, utcnow
+from backfill.store import BatchRecord, Run, Store
 from backfill.target import Targets
 
+logger = logging.getLogger(__name__)
+
 HEALTH_SECONDS = 5.0
-RATE_WINDOW_SECONDS = 2.0
+RATE_BURST_SECONDS = 0.5
+"""Under a rate cap a batch holds at most this many seconds' worth of rows: the cap then holds
+over any window within a fraction of a second's worth."""
 ADAPT_EVERY = 3
 """Batches between two adjustments of the batch size."""
 ADAPT_WINDOW = 8
@@ -57,13 +66,25 @@ def too_many_failures(run: Run) -> bool:
     )
 
 
+def failure_stop(run: Run) -> str | None:
+    """Why the failure policy stops ``run``, or None."""
+    if not too_many_failures(run):
+        return None
+    return (
+        f"stopped: {run.batches_failed} of {run.batches_done + run.batches_failed} batches failed, "
+        f"more than {run.tuning.max_failed_ratio:.0%}; last: {run.last_error}"
+    )
+
+
 class Scheduler:
-    def __init__(self, store: Store, targets: Targets, *, lookahead: int = 1) -> None:
+    def __init__(self, store: Store, targets: Targets, *, lookahead: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.targets = targets
         self.lookahead = lookahead
+        self.clock = clock
         self._health: dict[int, tuple[float, str | None]] = {}
         self._adapted_at: dict[int, int] = {}
+        self._unknown: set[str] = set()
 
     def activate(self, run: Run) -> Run:
         """pending -> running: fix the run's end at the key's current maximum.
@@ -77,7 +98,7 @@ class Scheduler:
         if self.conflicting(run.name, earlier) is not None:
             return run  # queued behind a run that needs the table to itself
         target = self.targets.get(run.name)
-        with self.store.connect() as connection:
+        with self._planning(run), self.store.reading() as connection:
             end = keyset.last_key(connection, target.key_columns)
             total, estimated = dialects.estimate_rows(connection, target.table)
         return self.store.activate(run, end=end, rows_total=total, estimated=estimated) or self.store.get_run(run.id)
@@ -98,26 +119,36 @@ class Scheduler:
         return self.store.release_stale(run, is_abandoned=is_abandoned)
 
     def tick(self, run: Run) -> Plan:
-        """Bring one run forward as far as it can go without running anything."""
+        """Bring one run forward as far as it can go without running anything.
+
+        An error in the definition's own SQL while planning (a ``pending`` predicate that fails,
+        a table gone) ends the run failed with that error, as a failing batch would; a run whose
+        definition this process does not have is left to processes that have it.
+        """
         run = self.store.get_run(run.id)
+        try:
+            return self._tick(run)
+        except AppError as exc:
+            if run.name not in self._unknown:
+                self._unknown.add(run.name)
+                logger.warning("run %s of backfill %s left alone: %s", run.id, run.name, exc)
+            return Plan(run, ())
+        except (PlanningError, TargetError) as exc:
+            error = str(exc)
+            logger.warning("run %s of backfill %s stopped: %s", run.id, run.name, error)
+            return Plan(self.store.stop(run, error) or self.store.get_run(run.id), ())
+
+    def _tick(self, run: Run) -> Plan:
         if run.status is RunStatus.PENDING:
             run = self.activate(run)
         if run.status is not RunStatus.RUNNING:
             return Plan(run, ())
-        if too_many_failures(run):
-            stopped = self.store.transition(
-                run.id,
-                RunStatus.FAILED,
-                allowed_from=[RunStatus.RUNNING],
-                error=(
-                    f"stopped: {run.batches_failed} of {run.batches_done + run.batches_failed} batches failed, "
-                    f"more than {run.tuning.max_failed_ratio:.0%}; last: {run.last_error}"
-                ),
-            )
+        if too_many_failures(run):  # decided again under the run's lock, from the run as it is then
+            stopped = self.store.stop_if(run, failure_stop)
             return Plan(stopped or self.store.get_run(run.id), ())
         run = self._adapt(run)
         open_batches = self.store.open_batches(run.id)
-        reason = self._hold_reason(run, open_batches)
+        reason = self._hold_reason(run)
         if reason != run.held_reason:
             run = self.store.hold(run, reason)
         if reason:
@@ -125,35 +156,37 @@ class Scheduler:
         wanted = run.tuning.parallelism + self.lookahead
         while len(open_batches) < wanted and not run.planned_all:
             planned = self._plan(run, wanted - len(open_batches))
-            if planned is None:
+            if planned is None:  # another planner moved the run on: start again from what it did
                 run = self.store.get_run(run.id)
                 if run.status is not RunStatus.RUNNING:
-                    return Plan(run, tuple(open_batches))
+                    return Plan(run, ())
+                open_batches = self.store.open_batches(run.id)
                 continue
             run, new_batches = planned
             open_batches.extend(new_batches)
         if run.planned_all and not open_batches:
-            run = self._conclude(run)
+            # The database decides: conclude() re-checks, under the run's lock, that no batch is open.
+            run = self.store.conclude(run, self._catchup_cursor(run))
             if run.status is RunStatus.RUNNING and not run.planned_all:
-                return self.tick(run)
+                return self._tick(run)
         return Plan(run, tuple(open_batches))
 
-    def _hold_reason(self, run: Run, open_batches: list[BatchRecord]) -> str | None:
-        """Why no new batch should start now: the rate cap, or the database's health (checked
-        every HEALTH_SECONDS per run; a check costs a few catalog queries)."""
-        tuning = run.tuning
-        if tuning.max_rows_per_second:
-            since = utcnow() - timedelta(seconds=RATE_WINDOW_SECONDS)
-            in_flight = sum(b.rows for b in open_batches if b.status is BatchStatus.RUNNING)
-            recent = self.store.recent_rows(run.id, since) + in_flight + tuning.batch_size
-            if recent > tuning.max_rows_per_second * RATE_WINDOW_SECONDS:
-                return f"rate cap of {tuning.max_rows_per_second:g} rows/s"
-        checked_at, reason = self._health.get(run.id, (0.0, None))
-        if time.monotonic() - checked_at >= HEALTH_SECONDS:
+    def _catchup_cursor(self, run: Run) -> Key | None:
+        """Where the final pass starts: with a pending predicate, at the start of the key space
+        (it looks for pending rows everywhere); without one, at the end of the main sweep."""
+        target = self.targets.get(run.name)
+        return None if target.definition.has_pending else target.decode(run.end_key)
+
+    def _hold_reason(self, run: Run) -> str | None:
+        """Why no new batch should start now: the database's health (checked every
+        HEALTH_SECONDS per run; a check costs a few catalog queries). The rate cap is kept at
+        claim time, by the database (see ``Store.claim``)."""
+        checked_at, reason = self._health.get(run.id, (float("-inf"), None))
+        if self.clock.monotonic() - checked_at >= HEALTH_SECONDS:
             definition = self.targets.get(run.name).definition
-            with self.store.connect() as connection:
-                reason = health.unhealthy(connection, definition, tuning)
-            self._health[run.id] = (time.monotonic(), reason)
+            with self.store.reading() as connection:
+                reason = health.unhealthy(connection, definition, run.tuning)
+            self._health[run.id] = (self.clock.monotonic(), reason)
         return reason
 
     def _adapt(self, run: Run) -> Run:
@@ -162,7 +195,8 @@ class Scheduler:
         An exponential moving average of the recent batches' time per row (newest weighing
         most) gives the size that would take ``target_batch_seconds``; the size moves there by
         at most a factor of two per step, within [min_batch_size, max_batch_size], and only
-        when it would change by more than a tenth — so one slow batch does not whipsaw it.
+        when it would change by more than a tenth — so one slow batch does not whipsaw it. The
+        write is guarded by the size it started from: an operator's ``tune`` always wins.
         """
         tuning = run.tuning
         if not tuning.target_batch_seconds or run.phase is not Phase.MAIN:
@@ -180,25 +214,28 @@ class Scheduler:
         size = tuning.batch_size
         proposed = min(max(ideal, size / 2), size * 2)
         proposed = int(min(max(proposed, tuning.min_batch_size), tuning.max_batch_size))
-        if abs(proposed - size) <= size / 10:
+        if abs(proposed - size) <= size / 10 or not self.store.adapt_batch_size(run, proposed):
             return run
-        return self.store.tune(run, dataclasses.replace(tuning, batch_size=proposed))
+        return dataclasses.replace(run, tuning=dataclasses.replace(tuning, batch_size=proposed))
 
     def _plan(self, run: Run, count: int) -> tuple[Run, list[BatchRecord]] | None:
         """Plan up to ``count`` batches; (run, []) once the phase has no keys left, or None when
         another planner changed the run first."""
         target = self.targets.get(run.name)
         catchup = run.phase is Phase.CATCHUP
+        size = run.tuning.batch_size
+        if run.tuning.max_rows_per_second:
+            size = min(size, max(1, int(run.tuning.max_rows_per_second * RATE_BURST_SECONDS)))
         if not catchup and run.end_key is None:
             spans = []  # the table was empty at the start: everything belongs to the final pass
         else:
-            with self.store.connect() as connection:
+            with self._planning(run), self.store.reading() as connection:
                 spans = keyset.next_spans(
                     connection,
                     target.key_columns,
                     cursor=target.decode(run.cursor),
                     end=None if catchup else target.decode(run.end_key),
-                    size=run.tuning.batch_size,
+                    size=size,
                     count=count,
                     where=target.definition.pending_clause(target.table) if catchup else None,
                 )
@@ -211,21 +248,17 @@ class Scheduler:
             return None
         return dataclasses.replace(run, cursor=encode_key(spans[-1].last), next_seq=run.next_seq + len(spans)), batches
 
-    def _conclude(self, run: Run) -> Run:
-        """Every planned batch of the phase is done: fail, start the final pass, or finish."""
-        run = self.store.get_run(run.id)
-        if run.batches_failed:
-            return self.store.transition(
-                run.id,
-                RunStatus.FAILED,
-                allowed_from=[RunStatus.RUNNING],
-                error=run.last_error or f"{run.batches_failed} batch(es) failed",
-            ) or self.store.get_run(run.id)
-        if run.phase is Phase.MAIN:
-            definition = self.targets.get(run.name).definition
-            # With a pending predicate the final pass sweeps the whole key space for rows still
-            # pending; without one it can only know the keys inserted past the end.
-            cursor = None if definition.pending is not None else self.targets.get(run.name).decode(run.end_key)
-            self.store.start_catchup(run, cursor)
-            return self.store.get_run(run.id)
-        return self.store.finish(run) or self.store.get_run(run.id)
+    @contextmanager
+    def _planning(self, run: Run) -> Iterator[None]:
+        """Errors of the user's table or predicate while planning: transient ones propagate (the
+        caller retries), any other ends the run, named."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if dialects.is_transient(exc):
+                raise
+            phase = "the final pass" if run.phase is Phase.CATCHUP else "the next batches"
+            raise PlanningError(
+                f"planning {phase} failed: {dialects.error_text(exc, 300).splitlines()[0]}: fix the definition "
+                f"(its table, key or pending predicate), then `backfill retry {run.name}`"
+            ) from None

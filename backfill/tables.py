@@ -63,9 +63,15 @@ runs = Table(
     Column("max_replica_lag", Float, nullable=False, default=30.0),
     Column("max_transaction_age", Float, nullable=False, default=600.0),
     Column("max_connections_used", Float, nullable=False, default=0.9),
-    # Why the run is held (unhealthy database, rate cap), and since when; NULL when it is not.
+    # Why the run is held (an unhealthy database), and since when; NULL when it is not.
     Column("held_reason", Text),
     Column("held_since", Timestamp),
+    # The rate cap's schedule: no batch may be claimed before this time (the database's clock),
+    # and each claim pushes it on by the batch's rows / max_rows_per_second.
+    Column("rate_next_at", Timestamp),
+    # What the final pass covers: "pending" (rows still matching the predicate, anywhere in the
+    # key range) or "past_end" (only keys added past the end: no way to know what is pending).
+    Column("final_pass", String(16), nullable=False, default="past_end"),
     Column("rows_total", BigInteger),
     Column("rows_total_estimated", Boolean, nullable=False, default=False),
     Column("rows_done", BigInteger, nullable=False, default=0),

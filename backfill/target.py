@@ -11,13 +11,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, MetaData, Select, Table, inspect, literal_column, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    MetaData,
+    Select,
+    Table,
+    and_,
+    inspect,
+    literal_column,
+    select,
+)
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from backfill.definition import Backfill, Key
+from backfill import keyset
+from backfill.definition import Backfill, Batch, Key
 from backfill.dialects import error_text
 from backfill.errors import TargetError
-from backfill.keyset import KEY_TYPES, decode_key
+from backfill.keyset import KEY_TYPES, Span, decode_key
+from backfill.status import Phase
+from backfill.store.records import BatchRecord
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,49 @@ class Target:
 
     def decode(self, raw: list[Any] | None) -> Key | None:
         return decode_key(raw, self.key_types)
+
+    def span_of(self, record: BatchRecord) -> tuple[Key, Key]:
+        """A batch's first and last keys, in the key columns' Python types."""
+        first, last = self.decode(record.first_key), self.decode(record.last_key)
+        if first is None or last is None:
+            raise ValueError(f"batch {record.id} has no key range")
+        return first, last
+
+    def batch(self, record: BatchRecord) -> Batch:
+        """The value the work is given for a batch."""
+        first, last = self.span_of(record)
+        return Batch(
+            id=record.id,
+            run_id=record.run_id,
+            seq=record.seq,
+            phase=record.phase,
+            key_columns=self.definition.key,
+            first=first,
+            last=last,
+            rows=record.rows,
+        )
+
+    def pending_in(self, record: BatchRecord) -> ColumnElement[bool] | None:
+        """The rows that count in a batch: all of them in the main sweep, the pending ones in
+        the final pass (None: no condition)."""
+        return self.definition.pending_clause(self.table) if record.phase is Phase.CATCHUP else None
+
+    def halves(self, connection: Connection, record: BatchRecord) -> list[Span]:
+        """The batch's range cut in two that partition it (one span: it cannot be cut)."""
+        first, last = self.span_of(record)
+        return keyset.halves(connection, self.key_columns, first, last, record.rows, self.pending_in(record))
+
+    def still_pending(self, connection: Connection, record: BatchRecord) -> bool:
+        """Whether rows of a final-pass batch's range still match ``pending`` (after its work)."""
+        pending = self.pending_in(record)
+        if pending is None:
+            return False
+        first, last = self.span_of(record)
+        inside = and_(keyset.at_least(self.key_columns, first), keyset.at_most(self.key_columns, last), pending)
+        return (
+            connection.execute(select(literal_column("1")).select_from(self.table).where(inside).limit(1)).first()
+            is not None
+        )
 
 
 def _python_type(column: Column[Any]) -> type | None:

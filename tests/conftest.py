@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from backfill import App, Registry
-from backfill.database import make_engine
+from backfill.database import READ_ONLY, make_engine
 from tests.apps import counters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +94,7 @@ class Database:
 
     def scalar(self, sql: str, **params: object) -> object:
         with self.engine.connect() as connection:
+            connection.info[READ_ONLY] = True  # on SQLite: beside a running backfill, not behind it
             return connection.execute(text(sql), params).scalar()
 
     def cli(

@@ -14,6 +14,7 @@ from backfill import App, BatchStatus, Phase, RunStatus
 from backfill.errors import RunStateError
 from backfill.executor import Executor, Result
 from backfill.scheduler import Scheduler
+from backfill.store import Claim, Refusal
 from tests.apps import counters
 from tests.apps.counters import items, items_composite, items_text, items_uuid
 from tests.conftest import Database
@@ -186,13 +187,13 @@ def test_a_worker_that_lost_its_claim_cannot_commit(db: Database) -> None:
     run = app.start("counter_int")
     batch = Scheduler(app.store, app.targets).tick(run).pending[0]
     slow_claim = app.store.claim(run, batch.id, "slow-worker", lease_seconds=60)
-    assert slow_claim is not None
+    assert isinstance(slow_claim, Claim)
     # The slow worker's lease is deemed lost; the batch goes back and another worker runs it.
     assert app.store.release_stale(run, is_abandoned=lambda worker: worker == "slow-worker") == 1
     assert Executor(app.store, app.targets).execute(run, batch.id).result is Result.SUCCEEDED
     with db.engine.begin() as connection:
         connection.execute(update(items).values(counter=items.c.counter + 100).where(items.c.id == 1))
-        assert not app.store.complete(connection, slow_claim, rows_affected=50, duration_ms=1.0)
+        assert app.store.complete(connection, slow_claim, rows_affected=50, duration_ms=1.0) is Refusal.LOST
         connection.rollback()
     assert counter_histogram(db, items) == {1: 50, 0: 50}
 

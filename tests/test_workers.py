@@ -20,7 +20,7 @@ from alembic import command
 from sqlalchemy import text
 
 from backfill import BatchStatus, RunStatus
-from backfill.store import Run, Store, utcnow
+from backfill.store import Run, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
@@ -112,7 +112,7 @@ def test_every_message_lost_mid_run(db: Database, cluster: Cluster) -> None:
     cluster.start_scheduler()
     assert db.cli("start", "counter_sleepy", "--parallelism", "4").returncode == 0
     wait_for_run(db, "counter_sleepy", until="3")
-    lost_at: datetime = utcnow()
+    lost_at: datetime = db.app().store.db_time()
     assert cluster.lose_every_message() > 0
 
     run = assert_clean_finish(db, "counter_sleepy", 500)

@@ -1,0 +1,107 @@
+"""What status, metrics and planners read: batch counts and lists, recent batches and events,
+rows done in a window, and the database's clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from backfill import tables
+from backfill.clock import plus_seconds
+from backfill.status import BatchStatus, Phase
+from backfill.store.base import StoreBase, batches
+from backfill.store.records import BatchRecord, BatchStats, EventRecord
+
+
+class ReadsMixin(StoreBase):
+    def db_time(self) -> datetime:
+        """The database's current time: what status measures elapsed times and rates against."""
+        with self.reading() as conn:
+            now: datetime = conn.execute(select(self.now())).scalar_one()
+        return now
+
+    def batch_counts(self, run_id: int) -> dict[BatchStatus, int]:
+        return self.batch_stats(run_id).counts
+
+    def batch_stats(self, run_id: int) -> BatchStats:
+        with self.reading() as conn:
+            rows = conn.execute(
+                select(batches.c.status, batches.c.phase, func.count(), func.sum(batches.c.rows))
+                .where(batches.c.run_id == run_id)
+                .group_by(batches.c.status, batches.c.phase)
+            ).all()
+            first = conn.execute(
+                select(batches.c.first_key).where(batches.c.run_id == run_id, batches.c.seq == 0)
+            ).scalar()
+        counts = dict.fromkeys(BatchStatus, 0)
+        planned_main = 0
+        for status, phase, n, planned in rows:
+            counts[BatchStatus(status)] += n
+            if phase == Phase.MAIN and status != BatchStatus.SPLIT:
+                planned_main += int(planned or 0)
+        return BatchStats(counts, planned_main, first)
+
+    def recent_batches(self, run_id: int, limit: int = 10) -> list[BatchRecord]:
+        """The run's latest finished batches, newest first."""
+        query = (
+            select(batches)
+            .where(batches.c.run_id == run_id, batches.c.status == BatchStatus.SUCCEEDED.value)
+            .order_by(batches.c.finished_at.desc())
+            .limit(limit)
+        )
+        with self.reading() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def events_of(self, run_id: int, *, limit: int = 20, errors_only: bool = False) -> list[EventRecord]:
+        """The run's latest state changes, newest first."""
+        ev = tables.events
+        query = (
+            select(ev, batches.c.seq)
+            .select_from(ev.outerjoin(batches, batches.c.id == ev.c.batch_id))
+            .where(ev.c.run_id == run_id)
+            .order_by(ev.c.id.desc())
+            .limit(limit)
+        )
+        if errors_only:
+            query = query.where(ev.c.error.is_not(None))
+        with self.reading() as conn:
+            return [EventRecord(**r._mapping) for r in conn.execute(query)]
+
+    def open_batches(self, run_id: int) -> list[BatchRecord]:
+        """Batches planned and not yet done (pending or running), in key order."""
+        query = (
+            select(batches)
+            .where(
+                batches.c.run_id == run_id,
+                batches.c.status.in_([BatchStatus.PENDING.value, BatchStatus.RUNNING.value]),
+            )
+            .order_by(batches.c.seq)
+        )
+        with self.reading() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def batches_of(self, run_id: int, status: BatchStatus | None = None) -> list[BatchRecord]:
+        query = select(batches).where(batches.c.run_id == run_id).order_by(batches.c.seq)
+        if status is not None:
+            query = query.where(batches.c.status == status.value)
+        with self.reading() as conn:
+            return [BatchRecord.from_row(r) for r in conn.execute(query)]
+
+    def get_batch(self, batch_id: int) -> BatchRecord | None:
+        with self.reading() as conn:
+            row = conn.execute(select(batches).where(batches.c.id == batch_id)).first()
+            return BatchRecord.from_row(row) if row is not None else None
+
+    def recent_rows(self, run_id: int, seconds: float) -> int:
+        """Rows of the batches that succeeded in the last ``seconds`` (the database's clock)."""
+        with self.reading() as conn:
+            return int(
+                conn.execute(
+                    select(func.coalesce(func.sum(batches.c.rows), 0)).where(
+                        batches.c.run_id == run_id,
+                        batches.c.status == BatchStatus.SUCCEEDED.value,
+                        batches.c.finished_at >= plus_seconds(self.now(), -seconds),
+                    )
+                ).scalar_one()
+            )

@@ -1,0 +1,218 @@
+"""The store's values: a run, a batch, a claim, an event, as frozen records built from rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Row
+
+from backfill.definition import Backfill, Tuning
+from backfill.events import Event
+from backfill.keyset import Span, encode_key
+from backfill.status import BatchStatus, Phase, RunStatus
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """This process's clock, for what only this process reads (never for leases or holds)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _build(cls: type[T], values: Mapping[Any, Any], **converted: Any) -> T:
+    """A record from a row: every field by its column's name, some converted on the way."""
+    names = (f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]  # a dataclass type
+    return cls(**{name: converted[name] if name in converted else values.get(name) for name in names})
+
+
+class FinalPass(enum.StrEnum):
+    """What a run's final pass covers, decided when the run is recorded."""
+
+    PENDING = "pending"
+    """Every row of the key range still matching the ``pending`` predicate (given, or derived
+    from the filled ``columns``)."""
+    PAST_END = "past_end"
+    """Only the keys added past the end: without a predicate nothing says which rows are pending."""
+
+    @classmethod
+    def of(cls, definition: Backfill) -> FinalPass:
+        return cls.PENDING if definition.has_pending else cls.PAST_END
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    name: str
+    status: RunStatus
+    phase: Phase
+    table_name: str
+    schema_name: str | None
+    key_columns: tuple[str, ...]
+    cursor: list[Any] | None
+    end_key: list[Any] | None
+    planned_all: bool
+    next_seq: int
+    tuning: Tuning
+    held_reason: str | None
+    held_since: datetime | None
+    rate_next_at: datetime | None
+    final_pass: FinalPass
+    rows_total: int | None
+    rows_total_estimated: bool
+    rows_done: int
+    rows_affected: int
+    batches_done: int
+    batches_failed: int
+    created_at: datetime
+    started_at: datetime | None
+    updated_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> Run:
+        m = row._mapping
+        return _build(
+            cls,
+            m,
+            status=RunStatus(m["status"]),
+            phase=Phase(m["phase"]),
+            key_columns=tuple(m["key_columns"]),
+            planned_all=bool(m["planned_all"]),
+            rows_total_estimated=bool(m["rows_total_estimated"]),
+            final_pass=FinalPass(m["final_pass"] or FinalPass.PAST_END),
+            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__}),
+        )
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    id: int
+    run_id: int
+    seq: int
+    phase: Phase
+    first_key: list[Any]
+    last_key: list[Any]
+    rows: int
+    status: BatchStatus
+    attempts: int
+    rows_affected: int | None
+    duration_ms: float | None
+    worker: str | None
+    lease_expires_at: datetime | None
+    dispatched_at: datetime | None
+    error: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> BatchRecord:
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> BatchRecord:
+        return _build(cls, m, phase=Phase(m["phase"]), status=BatchStatus(m["status"]))
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    counts: dict[BatchStatus, int]
+    planned_main_rows: int
+    """Rows in the batches planned so far by the main sweep."""
+    first_key: list[Any] | None
+    """The first key of the run's first batch: where the main sweep started."""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    run_id: int
+    batch_id: int | None
+    seq: int | None
+    before: str | None
+    after: str
+    worker: str | None
+    error: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch handed to one worker: the token proves ownership when the batch commits."""
+
+    backfill: str
+    batch: BatchRecord
+    token: str
+    worker: str
+
+    def event(
+        self, after: BatchStatus, before: BatchStatus | None = BatchStatus.RUNNING, error: str | None = None
+    ) -> Event:
+        return Event(self.backfill, self.batch.run_id, after, before, self.batch.id, self.batch.seq, self.worker, error)
+
+
+class Refusal(enum.Enum):
+    """Why a claim, or the commit of a claimed batch, did not happen."""
+
+    TAKEN = "taken"
+    """Another worker has the batch, or it is done: nothing for this one to do."""
+    NOT_RUNNING = "not_running"
+    """The run is paused or over: the batch waits (its message is spent; the next tick sends one)."""
+    RATE = "rate"
+    """The rate cap: no batch may start before ``retry_after``."""
+    LOST = "lost"
+    """The claim ran out and another worker may hold the batch now."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: Refusal
+    retry_after: float = 0.0
+
+
+def new_run_values(definition: Backfill, tuning: Tuning, now: Any) -> dict[str, Any]:
+    """The row of a newly queued run (also rendered into SQL scripts by the Alembic ops)."""
+    return {
+        "name": definition.name,
+        "active_name": definition.name,
+        "status": RunStatus.PENDING.value,
+        "phase": Phase.MAIN.value,
+        "table_name": definition.table,
+        "schema_name": definition.schema,
+        "key_columns": list(definition.key),
+        "planned_all": False,
+        "next_seq": 0,
+        **tuning_values(tuning),
+        "final_pass": FinalPass.of(definition).value,
+        "rows_total_estimated": False,
+        "rows_done": 0,
+        "rows_affected": 0,
+        "batches_done": 0,
+        "batches_failed": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def tuning_values(tuning: Tuning) -> dict[str, Any]:
+    return {name: getattr(tuning, name) for name in tuning.__dataclass_fields__}
+
+
+def batch_values(run_id: int, seq: int, phase: Phase, span: Span) -> dict[str, Any]:
+    """A new batch's row, but for its time of creation (the database's, set by the store)."""
+    return {
+        "run_id": run_id,
+        "seq": seq,
+        "phase": phase.value,
+        "first_key": encode_key(span.first),
+        "last_key": encode_key(span.last),
+        "rows": span.rows,
+        "status": BatchStatus.PENDING.value,
+        "attempts": 0,
+    }

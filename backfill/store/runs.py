@@ -1,0 +1,339 @@
+"""Runs: recording them, and every move of a run's status — by planners (activate, hold, adapt,
+conclude, stop) and by operators (pause, resume, cancel, tune, retry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, case, exists, func, select, true, update
+from sqlalchemy.exc import IntegrityError
+
+from backfill.definition import Backfill, Key, Tuning
+from backfill.errors import RunStateError
+from backfill.events import Event
+from backfill.keyset import Span, encode_key
+from backfill.status import BatchStatus, Phase, RunStatus
+from backfill.store.base import StoreBase, batches, runs
+from backfill.store.records import BatchRecord, Run, new_run_values
+from backfill.transitions import Move, batch_move, run_move
+
+PENDING, RUNNING, PAUSED = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED
+ACTIVATE = run_move(PENDING, to=RUNNING)
+PAUSE = run_move(PENDING, RUNNING, to=PAUSED)
+RESUME = run_move(PAUSED, to=RUNNING)
+RESUME_UNSTARTED = run_move(PAUSED, to=PENDING)
+CANCEL = run_move(PENDING, RUNNING, PAUSED, to=RunStatus.CANCELLED)
+FINISH = run_move(RUNNING, to=RunStatus.FINISHED)
+STOP = run_move(RUNNING, to=RunStatus.FAILED)
+REOPEN = run_move(RunStatus.FAILED, to=RUNNING)
+RETRY_BATCH = batch_move(BatchStatus.FAILED, to=BatchStatus.PENDING)
+SPLIT_FAILED = batch_move(BatchStatus.FAILED, to=BatchStatus.SPLIT)
+
+OPEN = [BatchStatus.PENDING.value, BatchStatus.RUNNING.value]
+
+
+def no_open_batch(run_id: int) -> Any:
+    return ~exists().where(batches.c.run_id == run_id, batches.c.status.in_(OPEN))
+
+
+def has_failed_batch(run_id: int) -> Any:
+    return exists().where(batches.c.run_id == run_id, batches.c.status == BatchStatus.FAILED.value)
+
+
+class RunsMixin(StoreBase):
+    def create_run(self, definition: Backfill, tuning: Tuning, *, connection: Connection | None = None) -> Run:
+        """Record a new pending run; refuses when the name already has an active one."""
+        values = new_run_values(definition, tuning, self.now())
+        try:
+            with self._borrowed_or_new(connection) as conn:
+                run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
+                self._record(conn, Event(definition.name, run_id, RunStatus.PENDING))
+                return self._run(conn, run_id)
+        except IntegrityError:
+            active = self.active_run(definition.name, connection=connection)
+            if active is None:
+                raise
+            raise RunStateError(_already_active(active)) from None
+
+    def get_run(self, run_id: int, *, connection: Connection | None = None) -> Run:
+        with self._read_borrowed_or_new(connection) as conn:
+            return self._run(conn, run_id)
+
+    def active_run(self, name: str, *, connection: Connection | None = None) -> Run | None:
+        with self._read_borrowed_or_new(connection) as conn:
+            row = conn.execute(select(runs).where(runs.c.active_name == name)).first()
+            return Run.from_row(row) if row else None
+
+    def latest_run(self, name: str, *, connection: Connection | None = None) -> Run | None:
+        with self._read_borrowed_or_new(connection) as conn:
+            row = conn.execute(select(runs).where(runs.c.name == name).order_by(runs.c.id.desc()).limit(1)).first()
+            return Run.from_row(row) if row else None
+
+    def list_runs(self, name: str | None = None, *, latest_only: bool = True) -> list[Run]:
+        """Runs, newest first; by default only the newest run of each name."""
+        query = select(runs).order_by(runs.c.id.desc())
+        if name is not None:
+            query = query.where(runs.c.name == name)
+        if latest_only:
+            newest = select(func.max(runs.c.id)).group_by(runs.c.name).scalar_subquery()
+            query = query.where(runs.c.id.in_(newest))
+        with self.reading() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
+
+    def runnable_runs(self) -> list[Run]:
+        """Runs a planner should look after: queued or running."""
+        query = select(runs).where(runs.c.status.in_([PENDING.value, RUNNING.value])).order_by(runs.c.id)
+        with self.reading() as conn:
+            return [Run.from_row(r) for r in conn.execute(query)]
+
+    def active_runs_on(self, table_name: str, schema_name: str | None) -> list[Run]:
+        query = select(runs).where(
+            runs.c.active_name.is_not(None),
+            runs.c.table_name == table_name,
+            runs.c.schema_name.is_(None) if schema_name is None else runs.c.schema_name == schema_name,
+        )
+        with self.reading() as conn:
+            return [Run.from_row(r) for r in conn.execute(query.order_by(runs.c.id))]
+
+    # -- moves --------------------------------------------------------------------------------
+
+    def _transition(
+        self, run_id: int, move: Move[RunStatus], *, error: str | None = None, guard: Any = None, **changes: Any
+    ) -> Run | None:
+        """Move a run along ``move`` (with ``changes`` to its other columns) and record it;
+        None when the run was not in one of the move's sources, or ``guard`` did not hold."""
+        if error is not None:
+            changes["last_error"] = error
+        with self.begin() as conn:
+            before = self._run(conn, run_id)
+            if before.status not in move.sources:
+                return None
+            statement = self._move_run(run_id, move, **changes).where(runs.c.status == before.status.value)
+            if guard is not None:
+                statement = statement.where(guard)
+            if not conn.execute(statement).rowcount:
+                return None
+            self._record(conn, Event(before.name, run_id, move.target, before=before.status, error=error))
+            return self._run(conn, run_id)
+
+    def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
+        """pending -> running, fixing the run's end; None if another process got there first."""
+        return self._transition(
+            run.id,
+            ACTIVATE,
+            end_key=encode_key(end),
+            rows_total=rows_total,
+            rows_total_estimated=estimated,
+            started_at=self.now(),
+        )
+
+    def pause(self, run: Run) -> Run | None:
+        return self._transition(run.id, PAUSE)
+
+    def resume(self, run: Run) -> Run | None:
+        """paused -> running (or pending, if it never started)."""
+        with self.begin() as conn:
+            current = self._run(conn, run.id)
+            if current.status is not PAUSED:
+                return None
+            move = RESUME if current.started_at is not None else RESUME_UNSTARTED
+            if not conn.execute(self._move_run(run.id, move).where(runs.c.status == PAUSED.value)).rowcount:
+                return None
+            self._forget_dispatches(conn, run.id)
+            self._record(conn, Event(current.name, run.id, move.target, before=PAUSED))
+            return self._run(conn, run.id)
+
+    @staticmethod
+    def _forget_dispatches(conn: Connection, run_id: int) -> None:
+        """The run runs again: its planned batches are marked as never sent, so the next tick
+        sends them at once — a message that arrived while it did not run was spent."""
+        conn.execute(
+            update(batches)
+            .where(batches.c.run_id == run_id, batches.c.status == BatchStatus.PENDING.value)
+            .values(dispatched_at=None)
+        )
+
+    def cancel(self, run: Run) -> Run | None:
+        return self._transition(run.id, CANCEL)
+
+    def stop(self, run: Run, error: str) -> Run | None:
+        """running -> failed, for a reason of the planner's (too many failures, an error that
+        planning would hit again)."""
+        return self._transition(run.id, STOP, error=error)
+
+    def stop_if(self, run: Run, reason: Callable[[Run], str | None]) -> Run | None:
+        """running -> failed when ``reason`` says so of the run as it is under its row's lock:
+        a policy judged on counters read earlier could stop a run an operator just retried."""
+        with self.begin() as conn:
+            self._lock_run(conn, run.id)
+            current = self._run(conn, run.id)
+            error = reason(current) if current.status is RUNNING else None
+            if error is None:
+                return None
+            if not conn.execute(self._move_run(run.id, STOP, last_error=error)).rowcount:
+                return None
+            self._record(conn, Event(current.name, run.id, STOP.target, RUNNING, error=error))
+            return self._run(conn, run.id)
+
+    def conclude(self, run: Run, catchup_cursor: Key | None) -> Run:
+        """End a phase whose batches are all planned, if the database agrees that none is open.
+
+        With failed batches the run fails; else the main sweep hands over to the final pass, or
+        the final pass finishes the run. Each is one guarded statement, decided under the run
+        row's lock from the batch rows as they are — never from a list read earlier.
+        """
+        with self.begin() as conn:
+            self._lock_run(conn, run.id)
+            current = self._run(conn, run.id)
+            if current.status is not RUNNING or not current.planned_all:
+                return current
+            ready = (runs.c.planned_all == true(), no_open_batch(run.id))
+            failed = conn.execute(
+                select(func.count())
+                .select_from(batches)
+                .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED.value)
+            ).scalar_one()
+            if failed:
+                error = current.last_error or f"{failed} batch(es) failed"
+                statement = self._move_run(run.id, STOP, last_error=error).where(*ready)
+                if conn.execute(statement).rowcount:
+                    self._record(conn, Event(current.name, run.id, STOP.target, RUNNING, error=error))
+            elif current.phase is Phase.MAIN:
+                begun = conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id, runs.c.status == RUNNING.value, runs.c.phase == Phase.MAIN.value)
+                    .where(*ready, ~has_failed_batch(run.id))
+                    .values(
+                        phase=Phase.CATCHUP.value,
+                        cursor=encode_key(catchup_cursor),
+                        planned_all=False,
+                        updated_at=self.now(),
+                    )
+                ).rowcount
+                if begun:
+                    note = f"final pass: {current.final_pass.value.replace('_', ' ')}"
+                    self._record(conn, Event(current.name, run.id, RUNNING, RUNNING, error=note))
+            else:
+                statement = self._move_run(
+                    run.id, FINISH, rows_total=runs.c.rows_done, rows_total_estimated=False
+                ).where(runs.c.phase == Phase.CATCHUP.value, *ready, ~has_failed_batch(run.id))
+                if conn.execute(statement).rowcount:
+                    self._record(conn, Event(current.name, run.id, FINISH.target, RUNNING))
+            return self._run(conn, run.id)
+
+    def hold(self, run: Run, reason: str | None) -> Run:
+        """Mark a running run held (nothing new starts) with its reason, or released (None)."""
+        with self.begin() as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.status == RUNNING.value)
+                .values(
+                    held_reason=reason,
+                    held_since=case((runs.c.held_reason.is_(None), self.now()), else_=runs.c.held_since)
+                    if reason
+                    else None,
+                    updated_at=self.now(),
+                )
+            ).rowcount
+            if changed and reason != run.held_reason:
+                note = f"held: {reason}" if reason else f"released after: {run.held_reason}"
+                self._record(conn, Event(run.name, run.id, RUNNING, RUNNING, error=note))
+            return self._run(conn, run.id)
+
+    def tune(self, run: Run, settings: Mapping[str, Any]) -> Run:
+        """An operator's change of some of a run's settings: only those columns are written,
+        so nothing else a planner or another operator set is undone."""
+        with self.begin() as conn:
+            changed = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, runs.c.active_name.is_not(None))
+                .values(**settings, updated_at=self.now())
+            ).rowcount
+            if not changed:
+                raise RunStateError(f"backfill '{run.name}': run {run.id} is over; nothing to tune")
+            return self._run(conn, run.id)
+
+    def adapt_batch_size(self, run: Run, size: int) -> bool:
+        """The planner's own change of the batch size, made only if nobody changed it since
+        ``run`` was read: an operator's ``tune`` always wins."""
+        with self.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id, runs.c.batch_size == run.tuning.batch_size)
+                    .values(batch_size=size, updated_at=self.now())
+                ).rowcount
+            )
+
+    def reopen_failed(self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None) -> tuple[Run, int]:
+        """Re-queue the failed batches of a run and make it running again (``backfill retry``).
+
+        A failed batch named in ``splits`` is replaced by new batches over those spans of its
+        keys (smaller ones, to get past a timeout or isolate a bad row), and marked split. Done
+        under the run row's lock, counting only the batches this call moved: two operators
+        retrying at once re-queue each batch once, and the counters stay what the batches say.
+        """
+        splits = splits or {}
+        with self.begin() as conn:
+            self._lock_run(conn, run.id)
+            current = self._run(conn, run.id)
+            if current.status not in (RUNNING, PAUSED, RunStatus.FAILED):
+                raise RunStateError(
+                    f"backfill '{run.name}': run {run.id} is {current.status}; there is nothing to retry"
+                )
+            failed = [
+                BatchRecord.from_row(r)
+                for r in conn.execute(
+                    select(batches)
+                    .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED.value)
+                    .order_by(batches.c.seq)
+                )
+            ]
+            changes: list[Event] = []
+            next_seq = current.next_seq
+            requeued = 0
+            for batch in failed:
+                spans = splits.get(batch.id)
+                move = SPLIT_FAILED if spans else RETRY_BATCH
+                moved = conn.execute(
+                    self._move_batches(move, attempts=0, lease_token=None, dispatched_at=None, finished_at=None).where(
+                        batches.c.id == batch.id
+                    )
+                ).rowcount
+                if not moved:
+                    continue
+                requeued += 1
+                changes.append(Event(run.name, run.id, move.target, BatchStatus.FAILED, batch.id, batch.seq))
+                next_seq = self._add_batches(conn, run.name, batch, spans or (), next_seq, changes)
+            if not requeued and current.status is not RunStatus.FAILED:
+                raise RunStateError(
+                    f"backfill '{run.name}' has no failed batches to retry (run {run.id} is {current.status})"
+                )
+            values: dict[str, Any] = {
+                "batches_failed": runs.c.batches_failed - requeued,
+                "next_seq": next_seq,
+                "updated_at": self.now(),
+            }
+            statement = update(runs).where(runs.c.id == run.id).values(values)
+            if current.status is RunStatus.FAILED:
+                statement = self._move_run(run.id, REOPEN, **values).values(
+                    active_name=run.name, finished_at=None, last_error=None
+                )
+                changes.append(Event(run.name, run.id, RUNNING, RunStatus.FAILED))
+            try:
+                conn.execute(statement)
+                self._forget_dispatches(conn, run.id)
+            except IntegrityError:
+                raise RunStateError(
+                    f"backfill '{run.name}' has a newer active run: retry that one, or cancel it first"
+                ) from None
+            self._record(conn, *changes)
+            return self._run(conn, run.id), requeued
+
+
+def _already_active(run: Run) -> str:
+    return (
+        f"backfill '{run.name}' already has an active run (run {run.id}, {run.status}): "
+        f"see `backfill status {run.name}`; `backfill cancel {run.name}` to drop it"
+    )
