@@ -82,6 +82,8 @@ def status_table(runs: list[RunProgress]) -> Table:
         status = run.status.value + (" (final pass)" if run.phase.value == "catchup" and run.status.is_active else "")
         if data["held_reason"]:
             status += f" (held: {data['held_reason']})"
+        elif data["rate_cap_wait_seconds"]:
+            status += f" (rate cap {run.tuning.max_rows_per_second:g} rows/s)"
         table.add_row(
             run.name,
             str(run.id),
@@ -99,7 +101,10 @@ def status_table(runs: list[RunProgress]) -> Table:
 
 
 def details_view(details: RunDetails) -> Group:
-    parts: list[RenderableType] = [status_table([details.progress])]
+    parts: list[RenderableType] = [
+        status_table([details.progress]),
+        f"final pass: {details.progress.final_pass_covers}",
+    ]
     if details.failed:
         failed = Table("batch", "first key", "last key", "attempts", "error", title="failed batches", box=None)
         for b in details.failed:

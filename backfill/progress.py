@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from backfill.status import BatchStatus, Phase, RunStatus
-from backfill.store import Run, Store
+from backfill.store import FinalPass, Run, Store
 
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -26,6 +26,15 @@ class RunProgress:
     elapsed_seconds: float | None
     refined_total: int | None = None
     """The total re-estimated from how far the sweep has gone, when that beats the catalog's."""
+    rate_wait_seconds: float = 0.0
+    """How long the rate cap holds the run's next batch back (0: not at all)."""
+
+    @property
+    def final_pass_covers(self) -> str:
+        """What the run's final pass promises, in words (the README's promise, per run)."""
+        if self.run.final_pass is FinalPass.PENDING:
+            return "every row still pending, anywhere in the key range"
+        return "only keys added past the end: rows added below it during the run are not processed"
 
     @property
     def rows_total(self) -> int | None:
@@ -80,6 +89,10 @@ class RunProgress:
             "last_error": run.last_error,
             "held_reason": run.held_reason if run.status is RunStatus.RUNNING else None,
             "held_since": _iso(run.held_since) if run.status is RunStatus.RUNNING else None,
+            "rate_cap": run.tuning.max_rows_per_second or None,
+            "rate_cap_wait_seconds": round(self.rate_wait_seconds, 2) if run.status is RunStatus.RUNNING else 0.0,
+            "final_pass": run.final_pass.value,
+            "final_pass_covers": self.final_pass_covers,
         }
 
 
@@ -126,6 +139,9 @@ def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
             seconds = window.total_seconds()
             if seconds > 0:
                 rate = store.recent_rows(run.id, seconds) / seconds
+    wait = 0.0
+    if run.tuning.max_rows_per_second and run.rate_next_at is not None and run.rate_next_at > now:
+        wait = (run.rate_next_at - now).total_seconds()
     return RunProgress(
         run=run,
         batches_pending=counts[BatchStatus.PENDING],
@@ -133,4 +149,5 @@ def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
         rate=rate,
         elapsed_seconds=elapsed,
         refined_total=refine_total(run, stats.planned_main_rows, stats.first_key),
+        rate_wait_seconds=wait,
     )

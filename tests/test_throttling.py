@@ -61,6 +61,7 @@ def rows_in_windows(db: Database, run_id: int, seconds: float) -> int:
     )
 
 
+@pytest.mark.parametrize("db", ["sqlite", "mariadb"], indirect=True)  # PostgreSQL: over ten seconds, below
 def test_a_rate_cap(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 1001)))
     started = time.monotonic()
@@ -135,3 +136,13 @@ def test_an_old_transaction_holds_the_run(db: Database) -> None:
     thread.join(60)
     assert result and result[0].status is RunStatus.FINISHED
     assert counter_histogram(db, items) == {1: 300}
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_rate_cap_holds_over_every_ten_seconds(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 3601)))
+    started = time.monotonic()
+    run = db.app().run("counter_int", max_rows_per_second=300, parallelism=4)
+    assert run.status is RunStatus.FINISHED and counter_histogram(db, items) == {1: 3600}
+    assert time.monotonic() - started >= (3600 - 150) / 300
+    assert rows_in_windows(db, run.id, 10.0) <= 300 * 10 * 1.1

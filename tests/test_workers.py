@@ -4,6 +4,7 @@ the run finished, no failed batch."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -20,13 +21,15 @@ from alembic import command
 from sqlalchemy import text
 
 from backfill import BatchStatus, RunStatus
+from backfill.errors import RunStateError
 from backfill.store import Run, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
 from tests.test_alembic import alembic, columns, seed_players
 from tests.test_engine import counter_histogram
-from tests.test_operating import free_port
+from tests.test_operating import free_port, poison
+from tests.test_throttling import rows_in_windows
 from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
@@ -230,3 +233,71 @@ def test_the_deploy_recipe_with_workers(empty: Database, tmp_path: Path) -> None
     run = Store(db.engine).latest_run("players_team_id")
     assert run is not None and run.status is RunStatus.FINISHED
     assert {b.worker.split(":")[1] for b in Store(db.engine).batches_of(run.id) if b.worker}  # workers ran it
+
+
+def test_a_rate_cap_holds_for_every_worker_together(db: Database, cluster: Cluster) -> None:
+    counters.fill(db.engine, items, list(range(1, 3601)))
+    cluster.start_worker("w1", concurrency=2)
+    cluster.start_worker("w2", concurrency=2)
+    cluster.start_scheduler()
+    started = time.monotonic()
+    result = db.cli("start", "counter_int", "--parallelism", "4", "--max-rows-per-second", "300")
+    assert result.returncode == 0, result.stderr
+    run = assert_clean_finish(db, "counter_int", 3600)
+    # Four chains on two hosts share one schedule in the database: 3600 rows at 300 rows/s.
+    assert time.monotonic() - started >= (3600 - 150) / 300
+    assert rows_in_windows(db, run.id, 10.0) <= 300 * 10 * 1.1
+
+
+def test_operators_retrying_splitting_and_tuning_at_once_while_workers_run(db: Database, cluster: Cluster) -> None:
+    """Non-idempotent work, batches failing on bad rows, two operators doing the same things at
+    the same moments: once the data is fixed the run finishes and every row counted once."""
+    counters.fill(db.engine, items, list(range(1, 2001)))
+    poison(db, *range(7, 2001, 97))
+    cluster.start_worker("w1", concurrency=2)
+    cluster.start_worker("w2", concurrency=2)
+    cluster.start_scheduler()
+    assert db.cli("start", "poisoned", "--parallelism", "4", "--batch-size", "40").returncode == 0
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def operator(rounds: int) -> None:
+        app = db.app()
+        try:
+            for i in range(rounds):
+                barrier.wait(timeout=60)
+                action = ("retry", "split", "tune")[i % 3]
+                try:
+                    if action == "tune":
+                        app.tune("poisoned", parallelism=2 + i % 3, batch_size=20 + i)
+                    else:
+                        app.retry("poisoned", split=action == "split")
+                except RunStateError:
+                    pass  # nothing to retry just now, or the other operator got there first
+                time.sleep(0.3)
+        except BaseException as exc:
+            errors.append(exc)
+
+    operators = [threading.Thread(target=operator, args=(12,)) for _ in range(2)]
+    for thread in operators:
+        thread.start()
+    for thread in operators:
+        thread.join(120)
+    assert not errors, errors
+    poison(db)  # the data is fixed
+    app = db.app()
+    deadline = time.monotonic() + 120
+    while True:
+        run = app.store.latest_run("poisoned")
+        assert run is not None
+        if run.status is RunStatus.FINISHED or time.monotonic() > deadline:
+            break
+        if run.batches_failed or run.status is RunStatus.FAILED:
+            with contextlib.suppress(RunStateError):
+                app.retry("poisoned")
+        time.sleep(0.5)
+    assert run.status is RunStatus.FINISHED, run.last_error
+    assert counter_histogram(db, items) == {1: 2000}
+    batches = app.store.batches_of(run.id)
+    assert run.rows_done == sum(b.rows for b in batches if b.status is BatchStatus.SUCCEEDED)
+    assert run.batches_failed == 0 == sum(b.status is BatchStatus.FAILED for b in batches)

@@ -3,6 +3,7 @@ committed, guarded status moves, and the database's clock."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -26,8 +27,6 @@ batches = tables.batches
 
 _EVENTS = "backfill_events"
 """``connection.info`` key: a stack of event lists, one per open store transaction."""
-_OUTER = "backfill_events_outer"
-"""``connection.info`` key: events of savepoints on a borrowed connection, waiting for its commit."""
 
 
 class StoreBase:
@@ -215,12 +214,16 @@ class _Borrowed:
         return None
 
 
+_WAITING: weakref.WeakKeyDictionary[Connection, list[Event]] = weakref.WeakKeyDictionary()
+"""Events of savepoints on a borrowed connection, waiting for that connection's own commit."""
+
+
 def _log_at_commit(connection: Connection, queued: list[Event]) -> None:
     if not queued:
         return
-    waiting: list[Event] | None = connection.info.get(_OUTER)
+    waiting = _WAITING.get(connection)
     if waiting is None:
-        waiting = connection.info[_OUTER] = []
+        waiting = _WAITING[connection] = []
 
         def flush(conn: Connection) -> None:
             events.log(list(waiting))

@@ -39,7 +39,12 @@ def _counted(*columns: Column[Any]) -> list[Column[Any]]:
     ]
 
 
-items = Table("items", metadata, *_counted(Column("id", Integer, primary_key=True, autoincrement=False)))
+items = Table(
+    "items",
+    metadata,
+    *_counted(Column("id", Integer, primary_key=True, autoincrement=False)),
+    Column("note", String(20)),  # NULL until a backfill that names it among its columns fills it
+)
 items_text = Table("items_text", metadata, *_counted(Column("code", String(40), primary_key=True)))
 items_composite = Table(
     "items_composite",
@@ -238,4 +243,34 @@ counter_polite = Backfill(
     work=counter_int.work,
     tuning=small,
     health_checks=(maintenance_window,),
+)
+
+
+# The final pass, with and without a way to tell what is pending.
+counter_noted = Backfill(
+    name="counter_noted",
+    table="items",
+    key="id",
+    columns="note",  # no pending predicate: a row is pending while note IS NULL
+    work="UPDATE items SET counter = counter + 1, note = 'done' WHERE id BETWEEN :first AND :last AND note IS NULL",
+    tuning=small,
+)
+
+counter_forgetful = Backfill(
+    name="counter_forgetful",
+    table="items",
+    key="id",
+    pending="done = 0",
+    work="UPDATE items SET counter = counter + 1 WHERE id BETWEEN :first AND :last AND done = 0",  # done stays 0
+    tuning=small,
+)
+
+counter_trapped = Backfill(
+    name="counter_trapped",
+    table="items",
+    key="id",
+    # A predicate that works until `poison` holds two rows: then its subquery returns two.
+    pending="done = 0 AND coalesce((SELECT id FROM poison), 0) >= 0",
+    work=counter_pending.work,
+    tuning=small,
 )
