@@ -36,7 +36,7 @@ _RUN_FIELDS = (
     "status", "phase", "cursor", "end_key", "planned_all", "next_seq", "batch_size", "parallelism",
     "rows_done", "batches_done", "batches_failed", "held_reason", "last_error",
 )  # fmt: skip
-CHAOS_STEPS = 100
+CHAOS_STEPS = 80
 CALM_SECONDS = 900.0
 CALM_STEPS = 4000
 
