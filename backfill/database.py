@@ -20,6 +20,9 @@ _DRIVERS = {
     "mariadb": "mariadb+pymysql",
 }
 
+SQLITE_BUSY_KEY = "sqlite_busy_timeout_ms"
+"""``connection.info`` key: the busy timeout of a SQLite connection's next BEGIN (``limits``)."""
+
 READ_ONLY = "backfill_read_only"
 """``connection.info`` key: the connection only reads (on SQLite, its transactions are deferred)."""
 
@@ -98,7 +101,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        busy_ms = connection.info.get("sqlite_busy_timeout_ms", SQLITE_BUSY_TIMEOUT_MS)
+        busy_ms = connection.info.get(SQLITE_BUSY_KEY, SQLITE_BUSY_TIMEOUT_MS)
         connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
         # A reader (status, a planner's look at the batches) reads a snapshot beside the
         # writer (WAL); taking the write lock would make it queue behind every batch.

@@ -1,5 +1,5 @@
-"""What differs between databases: per-batch time limits, which errors are worth a retry, and
-how many rows a table holds when counting would be slow."""
+"""What differs between databases: which errors are worth a retry, and how many rows a table
+holds when counting would be slow. (Time limits on a batch's connection: ``limits``.)"""
 
 from __future__ import annotations
 
@@ -118,94 +118,6 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
     message = str(orig if orig is not None else exc).strip() or type(exc).__name__
     name = type(orig if orig is not None else exc).__name__
     return f"{name}: {message}"[:limit]
-
-
-def before_begin(connection: Connection, lock_timeout: float) -> None:
-    """Settings that must be in place before the batch's transaction begins.
-
-    SQLite takes its write lock at BEGIN (see ``database``), so its busy timeout, the nearest
-    thing it has to a lock timeout, has to be known by then.
-    """
-    if connection.dialect.name == "sqlite":
-        connection.info["sqlite_busy_timeout_ms"] = max(1, int(lock_timeout * 1000))
-
-
-def after_end(connection: Connection) -> None:
-    """Undo what ``before_begin`` and ``apply_timeouts`` left on the connection.
-
-    MySQL has no ``SET LOCAL``: a batch's limits are session settings, and the connection goes
-    back to the pool — to the store's bookkeeping, to the next batch of another run — with
-    them. They are put back to what the session had before its first batch. A connection that
-    cannot be reset is invalidated rather than handed on with a batch's short limits.
-    """
-    name = connection.dialect.name
-    if name == "sqlite":
-        connection.info.pop("sqlite_busy_timeout_ms", None)
-        connection.connection.driver_connection.set_progress_handler(None, 0)  # type: ignore[union-attr]
-    elif name in ("mysql", "mariadb"):
-        if not connection.info.pop(_MYSQL_BOUNDED, False) or connection.invalidated or connection.closed:
-            return
-        try:
-            connection.exec_driver_sql(_mysql_set_limits(connection, *connection.info[_MYSQL_SESSION]))
-        except DBAPIError:
-            connection.invalidate()
-
-
-_MYSQL_BOUNDED = "backfill_mysql_bounded"
-"""``connection.info`` key: true while a batch's limits are in force on the session."""
-
-_MYSQL_SESSION = "backfill_mysql_session_limits"
-"""``connection.info`` key: the session's own limits, read before its first batch. ``info``
-lives as long as the DBAPI connection and is emptied with it, so one read per connection."""
-
-
-def _mysql_time_variable(connection: Connection) -> str:
-    """MariaDB's ``max_statement_time`` (seconds, every statement) or MySQL's
-    ``max_execution_time`` (milliseconds, read-only SELECTs only)."""
-    return "max_statement_time" if connection.dialect.is_mariadb else "max_execution_time"  # type: ignore[attr-defined]
-
-
-def _mysql_set_limits(connection: Connection, lock_wait: int, statement_time: float) -> str:
-    """One ``SET`` for both limits, built from numbers only: nothing user-given reaches it."""
-    variable = _mysql_time_variable(connection)
-    value = f"{float(statement_time):.6f}" if variable == "max_statement_time" else str(int(statement_time))
-    return f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}, {variable} = {value}"
-
-
-def _mysql_session_limits(connection: Connection) -> tuple[int, float]:
-    saved: tuple[int, float] | None = connection.info.get(_MYSQL_SESSION)
-    if saved is None:
-        variable = _mysql_time_variable(connection)
-        row = connection.exec_driver_sql(f"SELECT @@SESSION.innodb_lock_wait_timeout, @@SESSION.{variable}").one()
-        saved = (int(row[0]), float(row[1]))
-        connection.info[_MYSQL_SESSION] = saved
-    return saved
-
-
-def apply_timeouts(connection: Connection, statement_timeout: float, lock_timeout: float) -> None:
-    """Bound the batch's transaction: it holds no lock, and runs no statement, past its budget."""
-    name = connection.dialect.name
-    if name == "postgresql":
-        # set_config(..., true) is SET LOCAL: it ends with the transaction, in one round trip.
-        connection.execute(
-            text("SELECT set_config('statement_timeout', :st, true), set_config('lock_timeout', :lt, true)"),
-            {"st": f"{int(statement_timeout * 1000)}ms", "lt": f"{int(lock_timeout * 1000)}ms"},
-        )
-    elif name in ("mysql", "mariadb"):
-        # Session settings (MySQL has no SET LOCAL), put back by ``after_end``. InnoDB counts
-        # lock waits in whole seconds, at least one; MySQL's limit is in milliseconds.
-        _mysql_session_limits(connection)
-        mariadb = connection.dialect.is_mariadb  # type: ignore[attr-defined]
-        limit = statement_timeout if mariadb else max(1, int(statement_timeout * 1000))
-        connection.info[_MYSQL_BOUNDED] = True
-        connection.exec_driver_sql(_mysql_set_limits(connection, max(1, round(lock_timeout)), limit))
-    elif name == "sqlite":
-        deadline = time.monotonic() + statement_timeout
-
-        def interrupt() -> int:
-            return 1 if time.monotonic() > deadline else 0
-
-        connection.connection.driver_connection.set_progress_handler(interrupt, 10_000)  # type: ignore[union-attr]
 
 
 EXACT_COUNT_BELOW = 200_000

@@ -15,11 +15,16 @@ from backfill.dialects import retried
 from backfill.executor import Executor, Outcome, Result
 from backfill.host import Host
 from backfill.scheduler import Plan, Scheduler
-from backfill.store import Store
+from backfill.status import RunStatus
+from backfill.store import Run, Store
 from backfill.target import Targets
 
 Send = Callable[[int], None]
 T = TypeVar("T")
+
+
+LOOKAHEAD = 8
+"""Batches planned beyond the run's parallelism, for chains to carry on to."""
 
 
 class Dispatcher:
@@ -39,7 +44,7 @@ class Dispatcher:
         message waits in a busy queue, or workers will be handed batches they then skip."""
         self.store = store
         self.host = host or Host()
-        self.scheduler = Scheduler(store, targets, lookahead=0, clock=self.host.clock)
+        self.scheduler = Scheduler(store, targets, lookahead=LOOKAHEAD, clock=self.host.clock)
         self.executor = Executor(store, targets, host=self.host)
         self.send = send
         self.redispatch_after = redispatch_after
@@ -49,8 +54,8 @@ class Dispatcher:
         """The periodic pass over every queued or running run; returns the messages sent.
 
         It alone is enough to carry every run to its end: it starts queued runs, takes back
-        batches whose worker died or whose lease ran out, plans up to each run's parallelism,
-        and re-sends batches whose message was lost.
+        batches whose worker died or whose lease ran out, plans ahead, and sends a message for
+        each chain the run is short of — or again, for a batch whose message was lost.
         """
         sent = 0
         for run in self._retried(self.store.runnable_runs):
@@ -58,49 +63,42 @@ class Dispatcher:
             sent += self.dispatch(self._retried(lambda: self.scheduler.tick(run)))  # noqa: B023
         return sent
 
-    def _retried(self, call: Callable[[], T]) -> T:
-        return retried(call, self.host.clock.sleep)
-
     def execute(self, batch_id: int) -> list[Outcome]:
-        """Run one batch, then keep going: take the run's next planned batch and run it here
-        too, until ``chain_seconds`` have passed; then send messages for what is left.
+        """Run one batch, then keep going: each batch's commit claims the run's next free one,
+        until ``chain_seconds`` have passed; then send messages for what is left.
 
         A message starts a chain rather than a single batch: between two batches of a chain
-        there is no broker round trip, so a run's batches follow each other as closely as in
-        the inline runner. The number of chains is what ``parallelism`` bounds, since each
-        starts from a message the tick sent; the time budget hands the worker back to the
-        broker now and then, so other runs and ticks get their share.
+        there is no broker round trip and no separate claim, so a run's batches follow each
+        other as closely as in the inline runner. The number of chains is what ``parallelism``
+        bounds, since each starts from a message the tick sent; the time budget hands the worker
+        back to the broker now and then, so other runs and ticks get their share.
         """
         batch = self._retried(lambda: self.store.get_batch(batch_id))
         if batch is None:
             return [Outcome(batch_id, Result.SKIPPED)]
-        outcomes: list[Outcome] = []
         clock = self.host.clock
         deadline = clock.monotonic() + self.chain_seconds
         run = self._retried(lambda: self.store.get_run(batch.run_id))
-        next_id: int | None = batch_id
-        while next_id is not None:
-            outcome = self.executor.execute(run, next_id)
-            outcomes.append(outcome)
-            if outcome.result is Result.SKIPPED:
-                return outcomes
-            plan = self._retried(lambda: self.scheduler.tick(run))  # noqa: B023 - the run as it is now
-            run = plan.run
-            next_id = self._take_next(plan) if clock.monotonic() < deadline else None
-        self.dispatch(plan)  # what the chain leaves goes to the broker
+        outcomes = self.executor.run_chain(
+            run,
+            first=batch_id,
+            keep_going=lambda: clock.monotonic() < deadline,
+            redispatch_after=self.redispatch_after,
+            refill=self._refill,
+            plan_ahead=lambda run, count: self._retried(lambda: self.scheduler.plan_ahead(run, count)),
+        )
+        if outcomes and not (len(outcomes) == 1 and outcomes[0].result is Result.SKIPPED):
+            self.dispatch(self._retried(lambda: self.scheduler.tick(run)))  # what the chain leaves
         return outcomes
 
-    def _take_next(self, plan: Plan) -> int | None:
-        """A planned batch no message is on its way for, marked so that none will be."""
-        for batch in plan.pending:
-            if self._retried(lambda: self.store.mark_dispatched([batch.id], redispatch_after=self.redispatch_after)):  # noqa: B023
-                return batch.id
-        return None
+    def _refill(self, run: Run) -> Run:
+        return self._retried(lambda: self.scheduler.tick(run)).run
 
     def dispatch(self, plan: Plan) -> int:
-        """Send a message for each planned batch that has none on its way."""
-        ids = [b.id for b in plan.pending]
-        marked = self._retried(lambda: self.store.mark_dispatched(ids, redispatch_after=self.redispatch_after))
+        """Send a message for each chain the run is short of (see ``Store.dispatch_chains``)."""
+        if plan.run.status is not RunStatus.RUNNING or not plan.pending:
+            return 0
+        marked = self._retried(lambda: self.store.dispatch_chains(plan.run, redispatch_after=self.redispatch_after))
         for sent, batch_id in enumerate(marked):
             try:
                 self.send(batch_id)
@@ -109,6 +107,9 @@ class Dispatcher:
                     self.store.unmark_dispatched(unsent)
                 raise
         return len(marked)
+
+    def _retried(self, call: Callable[[], T]) -> T:
+        return retried(call, self.host.clock.sleep)
 
 
 __all__ = ["Dispatcher", "Send"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from backfill import dialects, keyset
 from backfill.definition import Batch, Key, Tuning
 from backfill.keyset import Span
+from backfill.limits import Bounded
 from backfill.status import Phase
 from backfill.store import Store
 from backfill.target import Target
@@ -81,18 +82,17 @@ def estimate(store: Store, target: Target, tuning: Tuning, *, samples: int = 3) 
     with store.engine.connect() as connection:
         rows, is_estimate = dialects.estimate_rows(connection, target.table)
         connection.rollback()  # end the read's transaction: each sample has its own
-        for seq, span in enumerate(spans):
-            batch = Batch(0, 0, seq, Phase.MAIN, target.definition.key, span.first, span.last, span.rows)
-            dialects.before_begin(connection, tuning.lock_timeout)
-            transaction = connection.begin()
-            try:
-                dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
-                started = time.perf_counter()
-                target.definition.run_work(connection, batch)
-                timings.append((time.perf_counter() - started) * 1000)
-            finally:
-                transaction.rollback()
-                dialects.after_end(connection)
+        with Bounded(connection, tuning.statement_timeout, tuning.lock_timeout) as limits:
+            for seq, span in enumerate(spans):
+                batch = Batch(0, 0, seq, Phase.MAIN, target.definition.key, span.first, span.last, span.rows)
+                transaction = connection.begin()
+                try:
+                    limits.batch()
+                    started = time.perf_counter()
+                    target.definition.run_work(connection, batch)
+                    timings.append((time.perf_counter() - started) * 1000)
+                finally:
+                    transaction.rollback()
     return Estimate(
         name=target.definition.name,
         rows=rows,

@@ -12,22 +12,29 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sqlalchemy import Connection
 from tenacity import RetryCallState
 
 from backfill import dialects
 from backfill.errors import AppError, TargetError
 from backfill.host import Host
 from backfill.keyset import Span
-from backfill.status import ErrorKind
-from backfill.store import Claim, Refusal, Refused, Run, Store
+from backfill.limits import Bounded
+from backfill.status import ErrorKind, RunStatus
+from backfill.store import Carry, Claim, Completed, Refusal, Refused, Run, Store
 from backfill.target import Target, Targets
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+PLAN_AHEAD = 16
+PLAN_BELOW = 8
+"""A chain plans PLAN_AHEAD more batches once fewer than PLAN_BELOW planned ones are left, so
+its next claim rides on the commit before it rather than waiting for a planner."""
 RATE_WAIT_SECONDS = 1.0
 """The longest a worker sleeps at a time while the rate cap holds its next batch back."""
 
@@ -71,59 +78,150 @@ class Executor:
         self.heartbeat = self.host.heartbeat(store, self.host.heartbeat_seconds)
 
     def execute(self, run: Run, batch_id: int) -> Outcome:
+        """Run one batch (a chain that carries no claim on)."""
+        outcomes = self.run_chain(run, first=batch_id, carry=False)
+        return outcomes[0] if outcomes else Outcome(batch_id, Result.SKIPPED, refusal=Refusal.NONE)
+
+    def run_chain(
+        self,
+        run: Run,
+        *,
+        first: int | None = None,
+        carry: bool = True,
+        keep_going: Callable[[], bool] = lambda: True,
+        redispatch_after: float | None = None,
+        refill: Callable[[Run], Run] | None = None,
+        plan_ahead: Callable[[Run, int], Run] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> list[Outcome]:
+        """Run batches one after another on one connection, its time limits set once.
+
+        It claims ``first`` (else the run's next free batch); then each batch's commit claims the
+        next one in the same statement (``carry``), until the run has no free batch left, stops
+        running, or ``keep_going()`` says to stop (a time budget, an interrupt). When the planned
+        batches run low, ``plan_ahead`` plans more; when they run out,
+        ``refill`` (a planner's tick) plans more. A batch costs its work, one statement and one
+        commit: the claim, the checkpoint, the counters and the events ride on that statement.
+        """
         try:
             target = self.targets.get(run.name)
         except (AppError, TargetError) as exc:
             # Not this process's to run (its definitions are older), or the definition no
             # longer fits the table: the planner says so on the run; the batch stays unclaimed.
-            logger.warning("batch %s of backfill %s left alone: %s", batch_id, run.name, exc)
-            return Outcome(batch_id, Result.SKIPPED, error=str(exc))
-        claim = self._claim(run, batch_id)
+            logger.warning("backfill %s left alone here: %s", run.name, exc)
+            return [Outcome(first or 0, Result.SKIPPED, error=str(exc))]
+        clock = self.host.clock
+        outcomes: list[Outcome] = []
+        claim = self._claim(run, first, redispatch_after)
         if isinstance(claim, Refused):
-            return Outcome(batch_id, Result.SKIPPED, refusal=claim.reason)
+            return [Outcome(first, Result.SKIPPED, refusal=claim.reason)] if first is not None else []
+        with self.store.connect() as connection, self._bounded(connection, run) as limits:
+            following: Claim | None = claim
+            while following is not None:
+                current = following
+                carrying = carry and keep_going() and not _pauses(run)
+                ahead = Carry(self.host.worker_name(), self.host.lease_seconds, redispatch_after) if carrying else None
+                outcome, run, following, left = self._one(connection, limits, run, target, current, ahead)
+                outcomes.append(outcome)
+                if plan_ahead is not None and following is not None and left is not None and left < PLAN_BELOW:
+                    run = plan_ahead(run, PLAN_AHEAD)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                if outcome.result is Result.SUCCEEDED:
+                    clock.sleep(run.tuning.pause_seconds + run.tuning.nice_ratio * outcome.duration_ms / 1000)
+                if following is not None or not carrying:
+                    continue
+                if run.status is not RunStatus.RUNNING:
+                    break
+                if refill is not None:
+                    run = refill(run)
+                nxt = self._claim(run, None, redispatch_after)
+                following = None if isinstance(nxt, Refused) else nxt
+        return outcomes
+
+    def _one(
+        self, connection: Connection, limits: Bounded, run: Run, target: Target, claim: Claim, ahead: Carry | None
+    ) -> tuple[Outcome, Run, Claim | None, int | None]:
+        """One claimed batch, through transient errors; returns its outcome, the run as its
+        commit saw it, the next batch that commit claimed, and how many planned ones are left."""
         tries = max(1, run.tuning.max_attempts - claim.batch.attempts + 1)
         attempts = 0
-        clock = self.host.clock
 
         def note_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self._retried(lambda: self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry"))
 
-        retrying = dialects.retry_transient(tries, clock.sleep).copy(before_sleep=note_retry)
+        retrying = dialects.retry_transient(tries, self.host.clock.sleep).copy(before_sleep=note_retry)
         try:
             with self.heartbeat.keep(claim, self.host.lease_seconds):
                 for attempt in retrying:
                     with attempt:
                         attempts += 1
-                        rows_affected, duration_ms = self._run_once(run, target, claim)
+                        limits.change(run.tuning.statement_timeout, run.tuning.lock_timeout)
+                        completed, rows_affected, duration_ms = self._attempt(
+                            connection, limits, run, target, claim, ahead
+                        )
         except _Refused as refused:
-            return self._refused(claim, refused.refusal, attempts)
+            return self._refused(claim, refused.refusal, attempts), run, None, None
         except PendingNotCleared as exc:
             error = str(exc)
             refusal = self._retried(lambda: self.store.fail(claim, error, stop_run=error))
-            return self._refused(claim, refusal, attempts) if refusal else self._failed(claim, attempts, error)
+            outcome = self._refused(claim, refusal, attempts) if refusal else self._failed(claim, attempts, error)
+            return outcome, run, None, None
         except Exception as exc:
-            return self._on_error(run, target, claim, exc, attempts)
-        pause = run.tuning.pause_seconds + run.tuning.nice_ratio * duration_ms / 1000
-        clock.sleep(pause)  # throttling: this worker slot leaves the database alone a while
-        return Outcome(
-            batch_id,
+            return self._on_error(run, target, claim, exc, attempts), run, None, None
+        outcome = Outcome(
+            claim.batch.id,
             Result.SUCCEEDED,
             rows=claim.batch.rows,
             rows_affected=rows_affected,
             duration_ms=duration_ms,
             attempts=attempts,
         )
+        return outcome, completed.run or run, completed.next, completed.planned_left
+
+    def _attempt(
+        self, connection: Connection, limits: Bounded, run: Run, target: Target, claim: Claim, carry: Carry | None
+    ) -> tuple[Completed, int | None, float]:
+        clock = self.host.clock
+        batch = target.batch(claim.batch)
+        limits.batch()
+        with self.store.transaction(connection):
+            started = clock.monotonic()
+            rows_affected = target.definition.run_work(connection, batch)
+            duration_ms = (clock.monotonic() - started) * 1000
+            if target.still_pending(connection, claim.batch):
+                raise PendingNotCleared(
+                    f"batch {claim.batch.seq}: rows of {list(batch.first)}..{list(batch.last)} still match "
+                    "`pending` after the work: check that `work` sets what `pending` tests"
+                )
+            completed = self.store.complete(
+                connection, claim, rows_affected=rows_affected, duration_ms=duration_ms, carry=carry, run=run
+            )
+            if completed.refusal is not None:
+                raise _Refused(completed.refusal)
+        return completed, rows_affected, duration_ms
+
+    def _bounded(self, connection: Connection, run: Run) -> AbstractContextManager[Bounded]:
+        """The chain's time limits. On a borrowed connection (a migration) the migration's own
+        apply: a session setting would outlive the batch and bind the rest of the migration."""
+        if self.store.borrowed:
+            return nullcontext(Bounded.unbounded(connection))
+        return Bounded(connection, run.tuning.statement_timeout, run.tuning.lock_timeout)
 
     def _retried(self, call: Callable[[], T]) -> T:
         """A store call, through transient errors: every one is a guarded transaction."""
         return dialects.retried(call, self.host.clock.sleep)
 
-    def _claim(self, run: Run, batch_id: int) -> Claim | Refused:
-        """Claim the batch, waiting while the rate cap holds it back."""
+    def _claim(self, run: Run, batch_id: int | None, redispatch_after: float | None) -> Claim | Refused:
+        """Claim the batch (or the run's next free one), waiting while the rate cap holds it back."""
         worker = self.host.worker_name()
         while True:
-            claim = self._retried(lambda: self.store.claim(run, batch_id, worker, self.host.lease_seconds))
+            claim = self._retried(
+                lambda: self.store.claim(
+                    run, batch_id, worker, self.host.lease_seconds, redispatch_after=redispatch_after
+                )
+            )
             if not (isinstance(claim, Refused) and claim.reason is Refusal.RATE):
                 return claim
             self.host.clock.sleep(min(max(claim.retry_after, 0.01), RATE_WAIT_SECONDS))
@@ -166,37 +264,10 @@ class Executor:
             self._retried(lambda: self.store.release(claim, why))
         return Outcome(claim.batch.id, Result.SKIPPED, attempts=attempts, refusal=refusal)
 
-    def _run_once(self, run: Run, target: Target, claim: Claim) -> tuple[int | None, float]:
-        batch = target.batch(claim.batch)
-        tuning = run.tuning
-        clock = self.host.clock
-        # On a borrowed connection (a migration), the migration's own time limits apply:
-        # SET LOCAL would outlive the batch's savepoint and bind the rest of the migration.
-        bounded = not self.store.borrowed
-        with self.store.connect() as connection:
-            if bounded:
-                dialects.before_begin(connection, tuning.lock_timeout)
-            try:
-                with self.store.transaction(connection):
-                    started = clock.monotonic()
-                    if bounded:
-                        dialects.apply_timeouts(connection, tuning.statement_timeout, tuning.lock_timeout)
-                    rows_affected = target.definition.run_work(connection, batch)
-                    duration_ms = (clock.monotonic() - started) * 1000
-                    if target.still_pending(connection, claim.batch):
-                        raise PendingNotCleared(
-                            f"batch {claim.batch.seq}: rows of {list(batch.first)}..{list(batch.last)} still match "
-                            "`pending` after the work: check that `work` sets what `pending` tests"
-                        )
-                    refusal = self.store.complete(
-                        connection, claim, rows_affected=rows_affected, duration_ms=duration_ms
-                    )
-                    if refusal is not None:
-                        raise _Refused(refusal)
-            finally:
-                if bounded:
-                    dialects.after_end(connection)
-        return rows_affected, duration_ms
-
 
 __all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]
+
+
+def _pauses(run: Run) -> bool:
+    """A throttled run sleeps between batches: it claims the next one after the sleep."""
+    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio)

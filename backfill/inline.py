@@ -7,13 +7,14 @@ claimed are taken back at once rather than after their lease runs out.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from backfill.dialects import retried
-from backfill.executor import Executor, Outcome, Result
+from backfill.executor import Executor, Outcome
 from backfill.host import Host
 from backfill.scheduler import Plan, Scheduler
 from backfill.status import RunStatus
@@ -24,7 +25,8 @@ T = TypeVar("T")
 
 STALE_SWEEP_SECONDS = 5.0
 TICK_SECONDS = 0.5
-LOOKAHEAD_PER_THREAD = 4
+LOOKAHEAD_PER_THREAD = 8
+"""Batches planned ahead per thread: a chain plans again only when they run out."""
 
 
 class InlineRunner:
@@ -52,34 +54,42 @@ class InlineRunner:
     def run(self, run: Run) -> Run:
         """Run until the run is over (finished, failed, cancelled) or paused; returns it then.
 
-        On KeyboardInterrupt no new batch starts; the ones in flight finish (or roll back), and
-        the interrupt propagates.
+        Each thread runs a chain: batch after batch on one connection, each commit claiming the
+        next, planning more when the planned ones run out. This thread starts the chains, sweeps
+        claims whose worker is gone, re-plans now and then (so a hold, pause or cancel is seen),
+        and reports progress. On KeyboardInterrupt no chain starts another batch; the batches in
+        flight finish (or roll back), and the interrupt propagates.
         """
         threads = 1 if self.store.borrowed else self.threads or run.tuning.parallelism
         clock = self.host.clock
         scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads, clock=clock)
         executor = Executor(self.store, self.targets, host=self.host)
+        planning = threading.Lock()  # one planner, shared by the chains and this thread
+        stopping = threading.Event()
 
         def tick(run: Run) -> Plan:
-            return retried(lambda: scheduler.tick(run), clock.sleep)
+            with planning:
+                return retried(lambda: scheduler.tick(run), clock.sleep)
 
         def sweep(run: Run) -> None:
             retried(lambda: scheduler.release_stale(run, self.host.is_gone), clock.sleep)
 
+        def chain(run: Run) -> list[Outcome]:
+            def plan_ahead(run: Run, count: int) -> Run:
+                with planning:
+                    return retried(lambda: scheduler.plan_ahead(run, count), clock.sleep)
+
+            return executor.run_chain(
+                run,
+                refill=lambda run: tick(run).run,
+                plan_ahead=plan_ahead,
+                keep_going=lambda: not stopping.is_set(),
+                on_outcome=self.on_outcome,
+            )
+
         sweep(run)  # the claims of a dead predecessor come back at once
-        in_flight: dict[Future[Outcome], int] = {}
-        started: set[int] = set()
+        chains: set[Future[list[Outcome]]] = set()
         with self.pool(threads, run) as pool:
-
-            def start_planned(plan: Plan) -> int:
-                """Start planned batches on free threads; returns how many planned are left."""
-                waiting = [b for b in plan.pending if b.id not in started]
-                free = max(0, threads - len(in_flight))
-                for batch in waiting[:free]:
-                    started.add(batch.id)
-                    in_flight[pool.submit(executor.execute, plan.run, batch.id)] = batch.id
-                return max(0, len(waiting) - free)
-
             try:
                 plan = tick(run)
                 last_tick = last_sweep = clock.monotonic()
@@ -88,32 +98,27 @@ class InlineRunner:
                     self._report(run)
                     if plan.over or run.status is RunStatus.PAUSED:
                         break
-                    left = start_planned(plan)
-                    if not in_flight:
-                        # Open batches belong to another live process: wait for it.
-                        clock.sleep(self.poll_interval)
-                    else:
-                        done, _ = wait(in_flight, timeout=self.poll_interval, return_when=FIRST_COMPLETED)
+                    for _ in range(min(threads - len(chains), len(plan.pending))):
+                        chains.add(pool.submit(chain, run))
+                    ended = False
+                    if chains:
+                        done, _ = wait(chains, timeout=self.poll_interval, return_when=FIRST_COMPLETED)
                         for future in done:
-                            del in_flight[future]
-                            outcome = future.result()
-                            if outcome.result is not Result.SUCCEEDED:
-                                started.discard(outcome.batch_id)  # it may come back pending
-                                left = 0
-                            if self.on_outcome is not None:
-                                self.on_outcome(outcome)
-                        left = min(left, start_planned(plan))
+                            chains.discard(future)
+                            future.result()
+                            ended = True
+                    else:
+                        clock.sleep(self.poll_interval)  # open batches belong to another live process
                     now = clock.monotonic()
                     if now - last_sweep > STALE_SWEEP_SECONDS:
                         sweep(run)
                         last_sweep = now
-                    # Re-plan when the planned batches run low, and at least every
-                    # TICK_SECONDS so a pause or cancel from elsewhere is seen promptly.
-                    if left <= threads or now - last_tick > TICK_SECONDS or not in_flight:
+                    if ended or not chains or now - last_tick > TICK_SECONDS:
                         plan = tick(run)
                         last_tick = now
             finally:
-                for future in list(in_flight):
+                stopping.set()
+                for future in list(chains):
                     future.result()
         run = self.store.get_run(run.id)
         self._report(run)

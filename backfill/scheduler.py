@@ -171,6 +171,18 @@ class Scheduler:
                 return self._tick(run)
         return Plan(run, tuple(open_batches))
 
+    def plan_ahead(self, run: Run, count: int) -> Run:
+        """Plan up to ``count`` more batches of ``run`` as it is now, and nothing else: for a
+        chain whose planned batches run low (the periodic tick keeps the rest: holds, the batch
+        size, phases). Losing to another planner is fine: it planned them."""
+        if run.status is not RunStatus.RUNNING or run.planned_all or run.held_reason:
+            return run
+        try:
+            planned = self._plan(run, count)
+        except (AppError, TargetError, PlanningError):
+            return run  # the next full tick says so on the run
+        return planned[0] if planned is not None else run
+
     def _catchup_cursor(self, run: Run) -> Key | None:
         """Where the final pass starts: with a pending predicate, at the start of the key space
         (it looks for pending rows everywhere); without one, at the end of the main sweep."""

@@ -193,7 +193,7 @@ def test_a_worker_that_lost_its_claim_cannot_commit(db: Database) -> None:
     assert Executor(app.store, app.targets).execute(run, batch.id).result is Result.SUCCEEDED
     with db.engine.begin() as connection:
         connection.execute(update(items).values(counter=items.c.counter + 100).where(items.c.id == 1))
-        assert app.store.complete(connection, slow_claim, rows_affected=50, duration_ms=1.0) is Refusal.LOST
+        assert app.store.complete(connection, slow_claim, rows_affected=50, duration_ms=1.0).refusal is Refusal.LOST
         connection.rollback()
     assert counter_histogram(db, items) == {1: 50, 0: 50}
 

@@ -15,7 +15,9 @@ from backfill.store.reads import ReadsMixin
 from backfill.store.records import (
     BatchRecord,
     BatchStats,
+    Carry,
     Claim,
+    Completed,
     EventRecord,
     FinalPass,
     Refusal,
@@ -35,7 +37,9 @@ class Store(RunsMixin, PlanningMixin, LeasesMixin, ReadsMixin):
 __all__ = [
     "BatchRecord",
     "BatchStats",
+    "Carry",
     "Claim",
+    "Completed",
     "EventRecord",
     "FinalPass",
     "Refusal",

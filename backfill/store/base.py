@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, event, inspect, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, event, inspect, or_, select, update
 from sqlalchemy.sql.dml import Update
 
 from backfill import events, tables
@@ -41,6 +41,8 @@ class StoreBase:
         self.bind = bind
         self.engine = bind if isinstance(bind, Engine) else bind.engine
         self.time = time
+        self._statements: dict[Any, Any] = {}
+        """Hot-path statements, built once per store (see ``LeasesMixin._complete_statement``)."""
 
     @property
     def borrowed(self) -> bool:
@@ -136,13 +138,15 @@ class StoreBase:
         if move.target.is_over:
             values["finished_at"] = self.now()
             values["active_name"] = None
-        return update(runs).where(runs.c.id == run_id, runs.c.status.in_(move.source_values)).values(values)
+        return update(runs).where(runs.c.id == run_id, one_of(runs.c.status, move.source_values)).values(values)
 
     @staticmethod
     def _move_batches(move: Move[BatchStatus], **changes: Any) -> Update:
         """``UPDATE backfill_batches`` along one edge; the caller adds which batches."""
         return (
-            update(batches).where(batches.c.status.in_(move.source_values)).values(status=move.target.value, **changes)
+            update(batches)
+            .where(one_of(batches.c.status, move.source_values))
+            .values(status=move.target.value, **changes)
         )
 
     @staticmethod
@@ -201,6 +205,12 @@ class StoreBase:
     @staticmethod
     def _batch(conn: Connection, batch_id: int) -> BatchRecord:
         return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
+
+
+def one_of(column: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN (values)``, written out as equalities: constant, so the hot-path statements
+    compile once to plain SQL (an IN list is rendered at execution time)."""
+    return or_(*(column == v for v in values))
 
 
 class _Borrowed:

@@ -76,7 +76,10 @@ class Run:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> Run:
         return _build(
             cls,
             m,
@@ -160,6 +163,8 @@ class Claim:
 class Refusal(enum.Enum):
     """Why a claim, or the commit of a claimed batch, did not happen."""
 
+    NONE = "none"
+    """Asked for the run's next batch: none is planned and free (or the run is held)."""
     TAKEN = "taken"
     """Another worker has the batch, or it is done: nothing for this one to do."""
     NOT_RUNNING = "not_running"
@@ -174,6 +179,30 @@ class Refusal(enum.Enum):
 class Refused:
     reason: Refusal
     retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class Carry:
+    """Claim the run's next batch in the statement that completes this one: one commit makes the
+    batch done and the next one ours (its attempt counts, even if this worker dies next)."""
+
+    worker: str
+    lease_seconds: float
+    redispatch_after: float | None = None
+    """Leave alone batches whose message went out less than this long ago (another worker's
+    chain will start from it); None: there are no messages (the inline runner)."""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What completing a batch gave: why not (then roll back), the run as the completing
+    statement left it, and the next batch it claimed, if any."""
+
+    refusal: Refusal | None
+    run: Run | None = None
+    next: Claim | None = None
+    planned_left: int | None = None
+    """Planned batches of the run still free after this commit (None: not counted)."""
 
 
 def new_run_values(definition: Backfill, tuning: Tuning, now: Any) -> dict[str, Any]:
