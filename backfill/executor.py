@@ -31,7 +31,7 @@ from backfill.target import Target, Targets
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PLAN_AHEAD = 16
+PLAN_AHEAD = 32
 PLAN_BELOW = 8
 """A chain plans PLAN_AHEAD more batches once fewer than PLAN_BELOW planned ones are left, so
 its next claim rides on the commit before it rather than waiting for a planner."""
@@ -147,20 +147,33 @@ class Executor:
         tries = max(1, run.tuning.max_attempts - claim.batch.attempts + 1)
         attempts = 0
 
-        def note_retry(state: RetryCallState) -> None:
+        def attempt() -> tuple[Completed, int | None, float]:
+            nonlocal attempts
+            attempts += 1
+            limits.change(run.tuning.statement_timeout, run.tuning.lock_timeout)
+            return self._attempt(connection, limits, run, target, claim, ahead)
+
+        def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             self._retried(lambda: self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry"))
 
-        retrying = dialects.retry_transient(tries, self.host.clock.sleep).copy(before_sleep=note_retry)
         try:
             with self.heartbeat.keep(claim, self.host.lease_seconds):
-                for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        limits.change(run.tuning.statement_timeout, run.tuning.lock_timeout)
-                        completed, rows_affected, duration_ms = self._attempt(
-                            connection, limits, run, target, claim, ahead
-                        )
+                try:
+                    completed, rows_affected, duration_ms = attempt()
+                except Exception as exc:
+                    # The first attempt runs bare (the hot path). A transient error goes round
+                    # again under tenacity, which is handed this failure as its first attempt.
+                    if tries < 2 or not dialects.is_transient(exc):
+                        raise
+                    first: Exception | None = exc
+                    retrying = dialects.retry_transient(tries, self.host.clock.sleep).copy(before_sleep=before_sleep)
+                    for again in retrying:
+                        with again:
+                            if first is not None:
+                                failed, first = first, None
+                                raise failed from None
+                            completed, rows_affected, duration_ms = attempt()
         except _Refused as refused:
             return self._refused(claim, refused.refusal, attempts), run, None, None
         except PendingNotCleared as exc:

@@ -67,9 +67,9 @@ class InlineRunner:
         planning = threading.Lock()  # one planner, shared by the chains and this thread
         stopping = threading.Event()
 
-        def tick(run: Run) -> Plan:
+        def tick(run: Run, plan: bool = True) -> Plan:
             with planning:
-                return retried(lambda: scheduler.tick(run), clock.sleep)
+                return retried(lambda: scheduler.tick(run, plan=plan), clock.sleep)
 
         def sweep(run: Run) -> None:
             retried(lambda: scheduler.release_stale(run, self.host.is_gone), clock.sleep)
@@ -114,7 +114,7 @@ class InlineRunner:
                         sweep(run)
                         last_sweep = now
                     if ended or not chains or now - last_tick > TICK_SECONDS:
-                        plan = tick(run)
+                        plan = tick(run, plan=not chains)  # running chains plan their own batches
                         last_tick = now
             finally:
                 stopping.set()

@@ -159,30 +159,32 @@ def next_spans(
         conditions.append(where)
     inner = select(*columns).where(and_(*conditions)).order_by(*columns).limit(size * count).subquery("batch_keys")
     keys = [inner.c[c.name] for c in columns]
+    # The last key is the one with no next: ``lead`` sees one row ahead, where a count over the
+    # whole window would hold every key read before returning the first.
     numbered = (
         select(
             *keys,
             func.row_number().over(order_by=keys).label("backfill_rn"),
-            func.count().over().label("backfill_n"),
+            func.lead(keys[0]).over(order_by=keys).label("backfill_next"),
         )
         .where(at_most(keys, end))
         .subquery("numbered")
     )
-    rn, n = numbered.c.backfill_rn, numbered.c.backfill_n
+    rn, following = numbered.c.backfill_rn, numbered.c.backfill_next
     position = rn % size  # 1 on a batch's first key, 0 on its last
     query = (
-        select(*[numbered.c[c.name] for c in columns], rn, n)
-        .where(or_(position == 1 % size, position == 0, rn == n))
+        select(*[numbered.c[c.name] for c in columns], rn, following.is_(None))
+        .where(or_(position == 1 % size, position == 0, following.is_(None)))
         .order_by(rn)
     )
     width = len(columns)
     spans: list[Span] = []
     first: Key | None = None
     for row in connection.execute(query):
-        key, number, total = tuple(row[:width]), int(row[width]), int(row[width + 1])
+        key, number, last = tuple(row[:width]), int(row[width]), bool(row[width + 1])
         if (number - 1) % size == 0:
             first = key
-        if number % size == 0 or number == total:
+        if number % size == 0 or last:
             assert first is not None
             spans.append(Span(first=first, last=key, rows=number - (len(spans) * size)))
     return spans

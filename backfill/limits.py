@@ -121,9 +121,11 @@ class Bounded:
             if connection.in_transaction():
                 connection.rollback()
             if self.name == "postgresql":
-                with connection.begin():
-                    connection.exec_driver_sql("RESET statement_timeout")
-                    connection.exec_driver_sql("RESET lock_timeout")
+                with connection.begin():  # RESET both, in one round trip
+                    connection.exec_driver_sql(
+                        "SELECT set_config(name, reset_val, false) FROM pg_settings "
+                        "WHERE name IN ('statement_timeout', 'lock_timeout')"
+                    )
             elif self.name in ("mysql", "mariadb"):
                 with connection.begin():
                     connection.exec_driver_sql(_mysql_set_limits(connection, *connection.info[_MYSQL_SESSION]))

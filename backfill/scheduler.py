@@ -118,8 +118,9 @@ class Scheduler:
     def release_stale(self, run: Run, is_abandoned: Callable[[str], bool] | None = None) -> int:
         return self.store.release_stale(run, is_abandoned=is_abandoned)
 
-    def tick(self, run: Run) -> Plan:
-        """Bring one run forward as far as it can go without running anything.
+    def tick(self, run: Run, *, plan: bool = True) -> Plan:
+        """Bring one run forward as far as it can go without running anything (without
+        ``plan``: all but planning batches, for a runner whose chains plan their own).
 
         An error in the definition's own SQL while planning (a ``pending`` predicate that fails,
         a table gone) ends the run failed with that error, as a failing batch would; a run whose
@@ -127,7 +128,7 @@ class Scheduler:
         """
         run = self.store.get_run(run.id)
         try:
-            return self._tick(run)
+            return self._tick(run, plan)
         except AppError as exc:
             if run.name not in self._unknown:
                 self._unknown.add(run.name)
@@ -138,7 +139,7 @@ class Scheduler:
             logger.warning("run %s of backfill %s stopped: %s", run.id, run.name, error)
             return Plan(self.store.stop(run, error) or self.store.get_run(run.id), ())
 
-    def _tick(self, run: Run) -> Plan:
+    def _tick(self, run: Run, plan: bool = True) -> Plan:
         if run.status is RunStatus.PENDING:
             run = self.activate(run)
         if run.status is not RunStatus.RUNNING:
@@ -153,7 +154,7 @@ class Scheduler:
             run = self.store.hold(run, reason)
         if reason:
             return Plan(run, tuple(open_batches))
-        wanted = run.tuning.parallelism + self.lookahead
+        wanted = run.tuning.parallelism + self.lookahead if plan else 0
         while len(open_batches) < wanted and not run.planned_all:
             planned = self._plan(run, wanted - len(open_batches))
             if planned is None:  # another planner moved the run on: start again from what it did
@@ -168,15 +169,16 @@ class Scheduler:
             # The database decides: conclude() re-checks, under the run's lock, that no batch is open.
             run = self.store.conclude(run, self._catchup_cursor(run))
             if run.status is RunStatus.RUNNING and not run.planned_all:
-                return self._tick(run)
+                return self._tick(run, plan)
         return Plan(run, tuple(open_batches))
 
     def plan_ahead(self, run: Run, count: int) -> Run:
-        """Plan up to ``count`` more batches of ``run`` as it is now, and nothing else: for a
-        chain whose planned batches run low (the periodic tick keeps the rest: holds, the batch
-        size, phases). Losing to another planner is fine: it planned them."""
+        """Plan up to ``count`` more batches of ``run`` as it is now, at the batch size the
+        recent batches call for: for a chain whose planned batches run low (the periodic tick
+        keeps the rest: holds, phases). Losing to another planner is fine: it planned them."""
         if run.status is not RunStatus.RUNNING or run.planned_all or run.held_reason:
             return run
+        run = self._adapt(run)  # the batches about to be planned take the size the run has come to
         try:
             planned = self._plan(run, count)
         except (AppError, TargetError, PlanningError):

@@ -19,8 +19,8 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
+    UniqueConstraint,
     and_,
-    inspect,
     literal_column,
     select,
 )
@@ -101,7 +101,9 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
     where = f"{definition.schema}.{definition.table}" if definition.schema else definition.table
     name = f"backfill '{definition.name}'"
     try:
-        table = Table(definition.table, MetaData(), schema=definition.schema, autoload_with=connection)
+        table = Table(
+            definition.table, MetaData(), schema=definition.schema, autoload_with=connection, resolve_fks=False
+        )
     except NoSuchTableError:
         raise TargetError(
             f"{name}: table '{where}' does not exist: create it (run your migrations) or fix the definition's table"
@@ -124,16 +126,12 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
         key_types.append(python_type)
 
     key_set = set(definition.key)
-    inspector = inspect(connection)
+    # What reflection found already: the primary key, unique indexes, unique constraints.
     unique_sets = [{c.name for c in table.primary_key.columns}]
     unique_sets += [
-        {c for c in ix["column_names"] if c is not None}
-        for ix in inspector.get_indexes(definition.table, schema=definition.schema)
-        if ix.get("unique")
+        {c.name for c in ix.columns} for ix in table.indexes if ix.unique and len(ix.columns) == len(ix.expressions)
     ]
-    unique_sets += [
-        set(uc["column_names"]) for uc in inspector.get_unique_constraints(definition.table, schema=definition.schema)
-    ]
+    unique_sets += [{c.name for c in uc.columns} for uc in table.constraints if isinstance(uc, UniqueConstraint)]
     if not any(s and s <= key_set for s in unique_sets):
         raise TargetError(
             f"{name}: key ({', '.join(definition.key)}) of table '{where}' is not unique: "

@@ -1,10 +1,15 @@
 """The per-batch fixed cost of the framework, against a hand-written keyset loop.
 
-Both walk the same PostgreSQL table with the same per-batch UPDATE; the hand-written loop keeps
-its own checkpoint row, committed with each batch, as a careful engineer would. The difference
-in time per batch is what the framework adds: claim, plan, checkpoint, bookkeeping.
+All walk the same PostgreSQL table with the same per-batch UPDATE, one batch in flight. The
+hand-written loop keeps its own checkpoint row, committed with each batch, as a careful engineer
+would. The framework runs it twice: with the inline runner (``backfill run``), and as one Celery
+worker's chain (``Dispatcher.execute`` in this process: what a worker does between two batches,
+without the broker, which a chain does not touch between batches). The difference in time per
+batch, start to end of the whole run, is what the framework adds: claims, planning, checkpoints,
+events, counters. Statements and commits per batch are counted on the connection.
 
-    python -m bench.fixed_cost --rows 200000 --batch-size 1000
+    python -m bench.fixed_cost                       # 100- and 1,000-row batches, median of 3
+    python -m bench.fixed_cost --batch-sizes 100 --repeat 5
 """
 
 from __future__ import annotations
@@ -14,18 +19,23 @@ import os
 import secrets
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from backfill import App, Backfill, Registry, Tuning
 from backfill.database import make_engine
+from backfill.dispatch import Dispatcher
 
 ADMIN_URL = os.environ.get("BACKFILL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 WORK = "UPDATE bench_items SET v = v + 1 WHERE id BETWEEN :first AND :last"
+TARGETS = {100: 1.5, 1000: 1.15}
 
 
-def hand_loop(engine, batch_size: int) -> int:  # type: ignore[no-untyped-def]
+def hand_loop(engine: Engine, batch_size: int) -> int:
     batches = 0
     with engine.connect() as c:
         c.execute(text("DROP TABLE IF EXISTS bench_checkpoint"))
@@ -50,21 +60,90 @@ def hand_loop(engine, batch_size: int) -> int:  # type: ignore[no-untyped-def]
     return batches
 
 
-def admin_of(url):  # type: ignore[no-untyped-def]
-    return create_engine(url, isolation_level="AUTOCOMMIT")
+def inline(app: App) -> int:
+    return app.run("bench").batches_done
 
 
-def vacuum(engine) -> None:  # type: ignore[no-untyped-def]
-    """Both loops start from the same clean table: no dead tuples left by the previous one."""
+def chain(app: App) -> int:
+    """A worker's chain, started the way the tick starts one: its first batch's message."""
+    sent: list[int] = []
+    dispatcher = Dispatcher(app.store, app.targets, sent.append, chain_seconds=3600.0)
+    app.start("bench")
+    dispatcher.tick()
+    dispatcher.execute(sent[0])
+    while (run := app.store.latest_run("bench")) is not None and not run.status.is_over:
+        dispatcher.tick()  # the final pass, if the chain's own ticks left it
+        for batch_id in sent[1:]:
+            dispatcher.execute(batch_id)
+        sent[:] = sent[:1]
+    assert run is not None and run.status.value == "finished", run
+    return run.batches_done
+
+
+@dataclass
+class Counts:
+    statements: int = 0
+    commits: int = 0
+
+    def listen(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", lambda *a: self._add("statements"))
+        event.listen(engine, "commit", lambda *a: self._add("commits"))
+
+    def _add(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+
+
+@dataclass
+class Measure:
+    name: str
+    ms: list[float] = field(default_factory=list)
+    statements: float = 0.0
+    commits: float = 0.0
+
+
+def vacuum(url: Any) -> None:
+    """Every approach starts from the same clean table: no dead tuples left by the one before."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
         c.execute(text("VACUUM ANALYZE bench_items"))
     engine.dispose()
 
 
+def measure(url: Any, batch_size: int, repeat: int) -> dict[str, Measure]:
+    definition = Backfill(
+        name="bench", table="bench_items", key="id", work=WORK,
+        tuning=Tuning(batch_size=batch_size, target_batch_seconds=0),
+    )  # fmt: skip
+    approaches: dict[str, Callable[[Engine], int]] = {
+        "hand-written loop": lambda engine: hand_loop(engine, batch_size),
+        "backfill inline": lambda engine: inline(App(engine, Registry.of(definition))),
+        "backfill Celery chain": lambda engine: chain(App(engine, Registry.of(definition))),
+    }
+    results = {name: Measure(name) for name in approaches}
+    for _ in range(repeat):  # interleaved, so a slow moment of the machine hits every approach
+        for name, run in approaches.items():
+            vacuum(url)
+            engine = make_engine(url)
+            try:
+                if name != "hand-written loop":
+                    App(engine, Registry.of(definition)).store.drop_tables()
+                    App(engine, Registry.of(definition)).init_db()
+                counts = Counts()
+                counts.listen(engine)
+                started = time.perf_counter()
+                batches = run(engine)
+                results[name].ms.append((time.perf_counter() - started) * 1000 / batches)
+                results[name].statements = counts.statements / batches
+                results[name].commits = counts.commits / batches
+            finally:
+                engine.dispose()
+    return results
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-sizes", default="100,1000")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
@@ -73,39 +152,29 @@ def main() -> None:
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(ADMIN_URL).set(database=name)
-    engine = make_engine(url)
     try:
+        engine = make_engine(url)
         with engine.begin() as c:
             c.execute(text("CREATE TABLE bench_items (id bigint primary key, v int not null default 0)"))
             c.execute(text("INSERT INTO bench_items (id) SELECT g FROM generate_series(1, :n) g"), {"n": args.rows})
-        definition = Backfill(
-            name="bench",
-            table="bench_items",
-            key="id",
-            work=WORK,
-            tuning=Tuning(batch_size=args.batch_size, target_batch_seconds=0),
-        )
-        app = App(engine, Registry.of(definition))
-        app.init_db()
-        hand, framework = [], []
-        for _ in range(args.repeat):
-            vacuum(admin_of(url))
-            started = time.perf_counter()
-            batches = hand_loop(engine, args.batch_size)
-            hand.append((time.perf_counter() - started) / batches)
-            vacuum(admin_of(url))
-            started = time.perf_counter()
-            run = app.run("bench")
-            framework.append((time.perf_counter() - started) / run.batches_done)
-        h, f = statistics.median(hand) * 1000, statistics.median(framework) * 1000
-        print(f"rows={args.rows} batch_size={args.batch_size} batches={batches}")
-        print(f"hand-written loop: {h:.3f} ms/batch")
-        print(f"backfill inline:   {f:.3f} ms/batch")
-        print(f"fixed cost added:  {f - h:.3f} ms/batch ({f / h:.2f}x the hand-written loop)")
-    finally:
         engine.dispose()
+        print(
+            f"{args.rows:,} rows, one batch in flight, median of {args.repeat} interleaved runs, whole run per batch\n"
+        )
+        print("| batch | approach | ms/batch | x hand loop | statements/batch | commits/batch |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for size in (int(s) for s in args.batch_sizes.split(",")):
+            results = measure(url, size, args.repeat)
+            hand = statistics.median(results["hand-written loop"].ms)
+            for m in results.values():
+                ms = statistics.median(m.ms)
+                target = TARGETS.get(size) if m.name != "hand-written loop" else None
+                ratio = f"{ms / hand:.2f}x" + (f" (target <= {target})" if target else "")
+                print(f"| {size:,} | {m.name} | {ms:.3f} | {ratio} | {m.statements:.2f} | {m.commits:.2f} |")
+    finally:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 if __name__ == "__main__":

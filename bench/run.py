@@ -1,16 +1,23 @@
-"""``make bench``: the players/teams migration on PostgreSQL (or MariaDB), five ways, on one
+"""``make bench``: the players/teams migration on PostgreSQL (or MariaDB), several ways, on one
 machine, in one run.
 
-    python -m bench.run                       # 1,000,000 players, every approach
-    python -m bench.run --rows 5000000 --only d,e
+    python -m bench.run                       # 1,000,000 players, both scenarios, 3 rounds
+    python -m bench.run --rows 5000000 --only d,e --scenarios heavy
     python -m bench.run --dialect mariadb --rows 200000
 
-(a) one UPDATE; (b) the ORM loop (measured at --orm-rows, extrapolated); (c) OFFSET-paginated
-batches; (d) this project inline; (e) this project on real Celery workers and Redis. Each runs on
+Two scenarios: **heavy**, the example's schema (a foreign key and an index on ``players.team_id``,
+whose upkeep dominates the cost of a row), and **light**, the same tables without them, where a
+batch's fixed cost shows. (a) one UPDATE; (b) the ORM loop (measured at --orm-rows,
+extrapolated); (c) OFFSET-paginated batches; (d) this project inline; (e) this project on real
+Celery workers and Redis (in the light scenario at parallelism 1 and 2: (e1), (e2)). Each runs on
 a fresh copy of the scenario in a database of the benchmark's own. During (a), (d) and (e) a
 writer process updates random players one row at a time; its latencies are compared with the
-same writer alone, measured just before. Prints a markdown table and the targets, and writes the
-whole result as JSON under bench/results/.
+same writer alone, measured just before.
+
+These machines vary from run to run, so the compared approaches run in interleaved rounds (a, d,
+e, a, d, e, ...): each round's ratio is taken against that round's (a), and the table shows the
+median of the rounds' ratios with their min-max. (b) and (c) run once. Prints a markdown table
+per scenario and the targets, and writes the whole result as JSON under bench/results/.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=1_000_000, help="players in the scenario (default 1,000,000)")
     parser.add_argument("--orm-rows", type=int, default=100_000, help="players for (b), extrapolated to --rows")
     parser.add_argument("--only", default="a,b,c,d,e", help="approaches to run, e.g. d,e (default: all)")
+    parser.add_argument("--scenarios", default="heavy,light", help="heavy, light or both (default both)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the compared approaches")
     parser.add_argument("--batch-size", type=int, default=None, help="override the definition's batch size")
     parser.add_argument("--parallelism", type=int, default=None, help="override the definition's parallelism")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes for (e) (default 2)")
@@ -82,8 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(report.LABELS))
     if unknown:
         parser.error(f"unknown approach(es) {', '.join(unknown)}: choose from {', '.join(report.LABELS)}")
-    if args.rows < 1 or args.orm_rows < 1:
-        parser.error("--rows and --orm-rows must be positive")
+    if args.rows < 1 or args.orm_rows < 1 or args.rounds < 1:
+        parser.error("--rows, --orm-rows and --rounds must be positive")
+    args.scenarios = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    if not args.scenarios or set(args.scenarios) - set(scenario.SCENARIOS):
+        parser.error(f"--scenarios: choose from {', '.join(scenario.SCENARIOS)}")
     return args
 
 
@@ -109,6 +121,10 @@ def run_in_child(key: str, db: scenario.BenchDatabase, args: argparse.Namespace,
     return run_child(key, db.url_text, work / f"{key}.json", args.timeout, **options)
 
 
+CELERY_PARALLELISM = {"e1": 1, "e2": 2}
+"""The light scenario's Celery runs, at a fixed parallelism each."""
+
+
 def with_writer(
     key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path, body: Any
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -123,7 +139,9 @@ def with_writer(
     return result, baseline.to_json(), during.to_json()
 
 
-def run_celery(db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_celery(
+    db: scenario.BenchDatabase, args: argparse.Namespace, work: Path, parallelism: int | None = None
+) -> dict[str, Any]:
     """(e): workers and scheduler up first (not timed), then the run from ``start`` to finished."""
     cluster = Cluster(db.url_text, work, workers=args.workers, tick_seconds=args.tick_seconds)
     engine = make_engine(db.url)
@@ -133,7 +151,10 @@ def run_celery(db: scenario.BenchDatabase, args: argparse.Namespace, work: Path)
 
         def body() -> dict[str, Any]:
             started = time.perf_counter()
-            run = app.start(players_team_id.name, batch_size=args.batch_size, parallelism=args.parallelism)
+            run = app.start(
+                players_team_id.name, batch_size=args.batch_size, parallelism=parallelism or args.parallelism
+            )
+            cluster.tick_now()
             deadline = time.monotonic() + args.timeout
             while True:
                 run = app.store.get_run(run.id)
@@ -164,12 +185,14 @@ def run_celery(db: scenario.BenchDatabase, args: argparse.Namespace, work: Path)
         cluster.stop()
 
 
-def run_one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_one(
+    key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path, *, light: bool = False
+) -> dict[str, Any]:
     size = args.orm_rows if key == "b" else args.rows
-    seed_seconds = scenario.reseed(db, size, checkpoint_tables=key in ("d", "e"))
+    seed_seconds = scenario.reseed(db, size, checkpoint_tables=key in ("d", "e", "e1", "e2"), light=light)
     log(f"{report.LABELS[key]}: scenario of {size:,} players ready in {seed_seconds:.1f}s")
-    if key == "e":
-        result = run_celery(db, args, work)
+    if key in ("e", "e1", "e2"):
+        result = run_celery(db, args, work, CELERY_PARALLELISM.get(key))
     elif key in WITH_WRITER:
         result, baseline, during = with_writer(key, db, args, work, lambda: run_in_child(key, db, args, work))
         result["writer_alone"], result["writer_during"] = baseline, during
@@ -187,7 +210,7 @@ def run_one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work
         result["seconds"] = result["seconds"] * args.rows / size
     if key == "c":
         result["tenths"] = tenths(result.pop("batch_durations_ms", []))
-    if key in ("d", "e"):
+    if key in ("d", "e", "e1", "e2"):
         engine = make_engine(db.url)
         try:
             result["checkpoints"] = analyse(engine, result["run_id"], result["seconds"])
@@ -198,6 +221,21 @@ def run_one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work
             raise RuntimeError(f"{report.LABELS[key]} ended {result.get('status')}: {result.get('error')}")
     log(f"{report.LABELS[key]}: {result['seconds']:.1f}s, {result['rows_per_s']:,.0f} rows/s")
     return result
+
+
+def run_scenario(name: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One scenario: the compared approaches in interleaved rounds, the others once."""
+    light = name == "light"
+    compared = [k for k in ("a", "d", "e") if k in args.only]
+    if light and "e" in compared:
+        compared = [k for k in compared if k != "e"] + ["e1", "e2"]
+    once = [] if light else [k for k in ("b", "c") if k in args.only]
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for number in range(1, args.rounds + 1):
+        log(f"{name} scenario: round {number} of {args.rounds}")
+        rounds.append({key: run_one(key, db, args, work, light=light) for key in compared})
+    singles = {key: run_one(key, db, args, work, light=light) for key in once}
+    return {"rounds": rounds, "once": singles, "summary": report.summarise(rounds, singles)}
 
 
 def environment(db: scenario.BenchDatabase) -> dict[str, Any]:
@@ -242,7 +280,8 @@ def rss_reference(results_dir: Path, rows: int, dialect: str = "postgresql") -> 
             continue
         if saved.get("settings", {}).get("dialect", "postgresql") != dialect:
             continue
-        e = saved.get("results", {}).get("e", {})
+        heavy = saved.get("scenarios", {}).get("heavy", {}).get("summary", {})
+        e = heavy.get("e") or saved.get("results", {}).get("e", {})
         if saved.get("settings", {}).get("rows") != rows and e.get("peak_rss_mb") is not None:
             return {"rows": saved["settings"]["rows"], "peak_rss_mb": e["peak_rss_mb"], "file": path.name}
     return None
@@ -292,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": args.rows,
         "orm_rows": args.orm_rows,
         "approaches": args.only,
+        "scenarios": args.scenarios,
+        "rounds": args.rounds,
         "definition": "example_app.backfills.players_team_id",
         "tuning": {name: getattr(tuning, name) for name in tuning.__dataclass_fields__},
         "celery_workers": args.workers,
@@ -299,27 +340,31 @@ def main(argv: list[str] | None = None) -> int:
         "writer_rate_per_s": args.writer_rate,
         "writer_alone_seconds": args.writer_alone_seconds,
     }
-    results: dict[str, dict[str, Any]] = {}
+    scenarios: dict[str, dict[str, Any]] = {}
     with scenario.bench_database(args.dialect) as db, tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
         env = environment(db)
         log(
             f"{scenario.DISPLAY[db.dialect]} database {db.name}; {args.rows:,} players; approaches {','.join(args.only)}; "
-            f"batch_size={tuning.batch_size} parallelism={tuning.parallelism} workers={args.workers}"
+            f"scenarios {','.join(args.scenarios)}; {args.rounds} round(s); batch_size={tuning.batch_size} "
+            f"parallelism={tuning.parallelism} workers={args.workers}"
         )
-        for key in args.only:
-            results[key] = run_one(key, db, args, Path(tmp))
+        for name in args.scenarios:
+            scenarios[name] = run_scenario(name, db, args, Path(tmp))
         capped = capped_run(db, args) if args.cap else None
     total = time.perf_counter() - began
-    reference = rss_reference(args.results, args.rows, args.dialect) if "e" in results else None
-    found = report.targets(results, args.rows, reference)
-    md = report.table(results, args.rows)
-    goals = report.targets_markdown(found)
+    heavy = scenarios.get("heavy", {}).get("summary", {})
+    reference = rss_reference(args.results, args.rows, args.dialect) if "e" in heavy else None
+    found = report.targets(scenarios, args.rows, reference)
     adapt = getattr(tuning, "target_batch_seconds", 0)
     sizing = f"batch size {tuning.batch_size}" + (f" to start, adapted towards {adapt:g} s per batch" if adapt else "")
     heading = f"{args.rows:,} players on {scenario.DISPLAY[args.dialect]}, {sizing}, parallelism {tuning.parallelism}"
+    tables = {name: report.table(result["summary"], args.rows, args.rounds) for name, result in scenarios.items()}
+    goals = report.targets_markdown(found)
     print(f"\n### {heading}\n")
-    print(md)
-    print()
+    for name, md in tables.items():
+        print(f"#### {name} scenario ({'no' if name == 'light' else 'with the'} index and foreign key on team_id)\n")
+        print(md)
+        print()
     print(goals)
     if capped is not None:
         print(
@@ -339,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
             "heading": heading,
             "settings": settings,
             "environment": env,
-            "results": results,
+            "scenarios": scenarios,
             "targets": [t.to_json() for t in found],
             "rate_cap": capped,
-            "table_markdown": md,
+            "tables_markdown": tables,
             "targets_markdown": goals,
             "total_seconds": round(total, 1),
         }

@@ -13,10 +13,12 @@ def test_bench_harness_runs_end_to_end(postgres_server: str, monkeypatch: pytest
 
     monkeypatch.setattr(scenario, "ADMIN_URL", POSTGRES_ADMIN_URL)
     argv = ["--rows", "3000", "--orm-rows", "500", "--only", "a,b,c,d", "--no-save", "--writer-alone-seconds", "0.5",
-            "--cap", "1000", "--capped-rows", "1500"]  # fmt: skip
+            "--cap", "1000", "--capped-rows", "1500", "--rounds", "2"]  # fmt: skip
     assert run.main(argv) == 0
     out = capsys.readouterr().out
     for label in ("(a) one UPDATE", "(b) ORM loop", "(c) OFFSET", "(d) backfill inline"):
         assert label in out
     assert "(d) last-tenth / first-tenth" in out
     assert "rate cap 1000 rows/s (inline, 1,500 rows)" in out
+    assert "#### heavy scenario" in out and "#### light scenario" in out
+    assert "rows/s ÷ (a), median of 2 (min-max)" in out

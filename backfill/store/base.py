@@ -41,6 +41,7 @@ class StoreBase:
         self.bind = bind
         self.engine = bind if isinstance(bind, Engine) else bind.engine
         self.time = time
+        self._tables_seen = False
         self._statements: dict[Any, Any] = {}
         """Hot-path statements, built once per store (see ``LeasesMixin._complete_statement``)."""
 
@@ -186,12 +187,16 @@ class StoreBase:
         tables.metadata.drop_all(self.bind)
 
     def check_tables(self) -> None:
-        inspector = inspect(self.bind)
-        if not all(inspector.has_table(t.name) for t in tables.metadata.sorted_tables):
+        """The checkpoint tables exist (checked once per store: they do not go away mid-run)."""
+        if self._tables_seen:
+            return
+        present = set(inspect(self.bind).get_table_names())
+        if not all(t.name in present for t in tables.metadata.sorted_tables):
             raise StoreMissingError(
                 "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
                 "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
             )
+        self._tables_seen = True
 
     # -- reading one row ----------------------------------------------------------------------
 

@@ -647,7 +647,7 @@ def _carries(run: Run) -> bool:
 
 
 _RUN_STATE = (
-    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason",
+    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "batches_done",
     "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
     "max_rows_per_second", "pause_seconds", "nice_ratio",
 )  # fmt: skip
@@ -670,6 +670,7 @@ def _refreshed(run: Run, state: dict[str, Any]) -> Run:
         phase=Phase(state["phase"]),
         planned_all=bool(state["planned_all"]),
         next_seq=state["next_seq"],
+        batches_done=state["batches_done"],
         cursor=state["cursor"],
         end_key=state["end_key"],
         held_reason=state["held_reason"],
