@@ -31,8 +31,14 @@ HEALTH_SECONDS = 5.0
 RATE_BURST_SECONDS = 0.5
 """Under a rate cap a batch holds at most this many seconds' worth of rows: the cap then holds
 over any window within a fraction of a second's worth."""
-ADAPT_EVERY = 3
+ADAPT_EVERY = 2
 """Batches between two adjustments of the batch size."""
+GROW_AT_MOST = 4.0
+SHRINK_AT_MOST = 2.0
+"""How far one adjustment moves the batch size: up by at most x4 (a batch far below its target
+duration holds nobody up, and a run spends less of itself on small batches), down by at most
+half (a batch over its target holds locks longer than meant: the size comes down at once, but
+one slow batch does not halve it twice)."""
 ADAPT_WINDOW = 8
 EMA_ALPHA = 0.3
 
@@ -208,7 +214,7 @@ class Scheduler:
 
         An exponential moving average of the recent batches' time per row (newest weighing
         most) gives the size that would take ``target_batch_seconds``; the size moves there by
-        at most a factor of two per step, within [min_batch_size, max_batch_size], and only
+        at most x4 up or half down per step, within [min_batch_size, max_batch_size], and only
         when it would change by more than a tenth — so one slow batch does not whipsaw it. The
         write is guarded by the size it started from: an operator's ``tune`` always wins.
         """
@@ -226,7 +232,7 @@ class Scheduler:
             ema = EMA_ALPHA * (batch.duration_ms / batch.rows) + (1 - EMA_ALPHA) * ema  # type: ignore[operator]
         ideal = tuning.target_batch_seconds * 1000 / max(ema, 1e-6)
         size = tuning.batch_size
-        proposed = min(max(ideal, size / 2), size * 2)
+        proposed = min(max(ideal, size / SHRINK_AT_MOST), size * GROW_AT_MOST)
         proposed = int(min(max(proposed, tuning.min_batch_size), tuning.max_batch_size))
         if abs(proposed - size) <= size / 10 or not self.store.adapt_batch_size(run, proposed):
             return run
