@@ -26,7 +26,7 @@ from backfill.registry import Registry, load
 from backfill.scheduler import Scheduler
 from backfill.status import BatchStatus, RunStatus
 from backfill.store import BatchRecord, EventRecord, Run, Store
-from backfill.target import Targets
+from backfill.target import Targets, halves_by_key
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,12 @@ class App:
         self.host = host or Host()
 
     @classmethod
-    def from_settings(cls, *, app: str | None, database_url: str | URL | None) -> App:
+    def from_settings(cls, *, app: str | None, database_url: str | URL | None, needed_by: str | None = None) -> App:
         """Build from ``--app``/``BACKFILL_APP`` and ``--database-url``/``BACKFILL_DATABASE_URL``,
-        checking that the database answers before anything else happens."""
-        definitions = load(app)
+        checking that the database answers before anything else happens. Without a definitions
+        module the app reads and changes the checkpoint tables only (``needed_by`` names a
+        command that needs the definitions)."""
+        definitions = load(app, needed_by=needed_by)
         engine = make_engine(database_url)
         try:
             with engine.connect():
@@ -152,19 +154,21 @@ class App:
 
     # -- operating ----------------------------------------------------------------------------
 
-    def pause(self, name: str) -> Run:
-        run = self._active(name)
-        return self._done(run, "pause", self.store.pause(run))
+    # ``actor`` names who acts (the CLI's user@host, "dashboard"): kept on the action's event.
 
-    def resume(self, name: str) -> Run:
+    def pause(self, name: str, *, actor: str | None = None) -> Run:
         run = self._active(name)
-        return self._done(run, "resume", self.store.resume(run))
+        return self._done(run, "pause", self.store.pause(run, actor=actor))
 
-    def cancel(self, name: str) -> Run:
+    def resume(self, name: str, *, actor: str | None = None) -> Run:
         run = self._active(name)
-        return self._done(run, "cancel", self.store.cancel(run))
+        return self._done(run, "resume", self.store.resume(run, actor=actor))
 
-    def retry(self, name: str, *, split: bool = False) -> tuple[Run, int]:
+    def cancel(self, name: str, *, actor: str | None = None) -> Run:
+        run = self._active(name)
+        return self._done(run, "cancel", self.store.cancel(run, actor=actor))
+
+    def retry(self, name: str, *, split: bool = False, actor: str | None = None) -> tuple[Run, int]:
         """Re-queue the failed batches of the latest run; a failed run becomes running again.
 
         With ``split``, each failed batch is replaced by two halves that partition its range:
@@ -178,15 +182,18 @@ class App:
             raise RunStateError(f"backfill '{name}' has no failed batches to retry (run {run.id} is {run.status})")
         splits: dict[int, list[Span]] = {}
         if split:
-            target = self.targets.get(name)
+            known = name in self.definitions.definitions
             with self.store.reading() as connection:
                 for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
-                    spans = target.halves(connection, batch)
+                    if known:
+                        spans = self.targets.get(name).halves(connection, batch)
+                    else:
+                        spans = halves_by_key(connection, run, batch)
                     if len(spans) > 1:
                         splits[batch.id] = spans
-        return self.store.reopen_failed(run, splits)
+        return self.store.reopen_failed(run, splits, actor=actor)
 
-    def tune(self, name: str, **overrides: Any) -> Run:
+    def tune(self, name: str, *, actor: str | None = None, **overrides: Any) -> Run:
         """Change a run's settings while it runs; batches planned from now on use them. Only
         the settings given are written: nothing else is put back to what it was."""
         run = self._active(name)
@@ -194,7 +201,7 @@ class App:
         if not given:
             raise RunStateError("nothing to change: give --batch-size, --parallelism or another setting")
         tuned = run.tuning.replace(given)  # checks every value, and the settings together
-        return self.store.tune(run, {k: getattr(tuned, k) for k in given})
+        return self.store.tune(run, {k: getattr(tuned, k) for k in given}, actor=actor)
 
     def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
         """Block until every named run has ended, or one has failed or been cancelled."""

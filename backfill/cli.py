@@ -6,9 +6,12 @@ usage error. A user's mistake is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import getpass
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -61,8 +64,19 @@ def main(ctx: click.Context, app_module: str | None, database_url: str | None) -
     ctx.obj = {"app": app_module, "database_url": database_url}
 
 
-def _app(ctx: click.Context) -> App:
-    return App.from_settings(app=ctx.obj["app"], database_url=ctx.obj["database_url"])
+def _app(ctx: click.Context, needed_by: str | None = None) -> App:
+    """The app over the database; ``needed_by`` names a command that needs the definitions too
+    (every other command works with the database URL alone)."""
+    return App.from_settings(app=ctx.obj["app"], database_url=ctx.obj["database_url"], needed_by=needed_by)
+
+
+def _actor() -> str:
+    """Who an operator's action is recorded as: the command, the user and the host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
 
 
 def tuning_options(command: F) -> F:
@@ -100,7 +114,7 @@ def tuning_options(command: F) -> F:
 @fail_cleanly
 def list_command(ctx: click.Context) -> None:
     """List the backfills the app defines."""
-    registry = load(ctx.obj["app"])
+    registry = load(ctx.obj["app"], needed_by="backfill list")
     table = Table("name", "table", "key", "batch size", "parallelism", "description", box=None)
     for name in registry:
         d = registry[name]
@@ -125,7 +139,7 @@ def init_db(ctx: click.Context) -> None:
 @fail_cleanly
 def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
     """Start a run for workers to execute."""
-    run = _app(ctx).start(name, **overrides)
+    run = _app(ctx, "backfill start").start(name, **overrides)
     click.echo(
         f"started {name}: run {run.id}, {run.rows_total} rows{' (estimate)' if run.rows_total_estimated else ''}"
     )
@@ -140,7 +154,7 @@ def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
 @fail_cleanly
 def run(ctx: click.Context, /, name: str, threads: int | None, progress: bool, **overrides: Any) -> None:
     """Run a backfill to completion in this process (continues its active run)."""
-    app = _app(ctx)
+    app = _app(ctx, "backfill run")
     with ProgressBar(name, enabled=progress) as bar:
         try:
             final = app.run(name, threads=threads, on_progress=bar.update, **overrides)
@@ -246,7 +260,7 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -
 @fail_cleanly
 def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **overrides: Any) -> None:
     """Time a few batches in rolled-back transactions and predict the run; changes nothing."""
-    result = _app(ctx).estimate(name, samples=samples, **overrides)
+    result = _app(ctx, "backfill estimate").estimate(name, samples=samples, **overrides)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else estimate_view(result))
 
 
@@ -257,7 +271,7 @@ def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **ov
 @fail_cleanly
 def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
     """Change a running run's settings; batches planned from now on use them."""
-    run = _app(ctx).tune(name, **overrides)
+    run = _app(ctx).tune(name, actor=_actor(), **overrides)
     t = run.tuning
     click.echo(
         f"{name}: run {run.id} now batch size {t.batch_size}, parallelism {t.parallelism}, "
@@ -286,13 +300,31 @@ def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
         pass
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8700, show_default=True)
+@click.pass_context
+@fail_cleanly
+def dashboard(ctx: click.Context, /, host: str, port: int) -> None:
+    """Serve the web dashboard (read-only unless BACKFILL_DASHBOARD_TOKEN is set), until Ctrl-C."""
+    from backfill.dashboard import serve as serve_dashboard
+    from backfill.dashboard.access import Access
+
+    app = _app(ctx)
+    app.store.check_tables()
+    mode = "actions allowed with the token" if Access.from_env().actions_enabled else "read-only"
+    click.echo(f"dashboard on http://{host}:{port}/ ({mode})")
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_dashboard(app, host, port)
+
+
 def _operator(verb: str, help_text: str) -> None:
     @main.command(verb, help=help_text)
     @click.argument("name")
     @click.pass_context
     @fail_cleanly
     def command(ctx: click.Context, name: str) -> None:
-        run = getattr(_app(ctx), verb)(name)
+        run = getattr(_app(ctx), verb)(name, actor=_actor())
         click.echo(f"{name}: run {run.id} is {run.status}")
 
 
@@ -308,7 +340,7 @@ _operator("cancel", "Stop a run for good and mark it cancelled.")
 @fail_cleanly
 def retry(ctx: click.Context, /, name: str, split: bool) -> None:
     """Re-queue the failed batches; a failed run becomes running again."""
-    run, requeued = _app(ctx).retry(name, split=split)
+    run, requeued = _app(ctx).retry(name, split=split, actor=_actor())
     click.echo(
         f"{name}: {requeued} failed batch(es) re-queued{' in halves' if split else ''}; run {run.id} is {run.status} "
         f"(workers pick it up, or `backfill run {name}` runs it here)"
@@ -323,7 +355,7 @@ def retry(ctx: click.Context, /, name: str, split: bool) -> None:
 @fail_cleanly
 def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker that runs batches (extra arguments go to Celery)."""
-    _export(ctx)
+    _export(ctx, "backfill worker")
     from workers.app import celery_app, settings
 
     argv = ["worker", f"--loglevel={loglevel}", "--queues", settings.queue]
@@ -333,24 +365,29 @@ def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--schedule", "schedule_file", type=click.Path(dir_okay=False), help="Beat's schedule file.")
+@click.option(
+    "--schedule",
+    "schedule_file",
+    type=click.Path(dir_okay=False),
+    help="Celery beat's schedule file (default: one per broker, queue and key prefix, in the temp directory).",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 @fail_cleanly
 def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start the periodic tick (Celery beat) that plans and sends batches for every run."""
-    _export(ctx)
-    from workers.app import celery_app
+    _export(ctx, "backfill scheduler")
+    from workers.app import celery_app, settings
 
-    schedule = schedule_file or os.path.join(tempfile.gettempdir(), "backfill-beat-schedule")
+    schedule = schedule_file or os.path.join(tempfile.gettempdir(), f"backfill-beat-{settings.deployment_id}")
     celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
 
 
-def _export(ctx: click.Context) -> None:
+def _export(ctx: click.Context, command: str) -> None:
     """Workers read their settings from the environment: hand them the CLI's options, after
     checking that the definitions load and the database answers."""
-    _app(ctx).store.check_tables()
+    _app(ctx, command).store.check_tables()
     if ctx.obj["app"]:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:

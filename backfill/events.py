@@ -77,7 +77,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         extra = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
-        return f"{self.formatTime(record)} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
+        line = f"{self.formatTime(record)} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
+        return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
 
 
 def configure(default_level: str) -> None:

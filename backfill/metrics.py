@@ -36,6 +36,9 @@ class StoreCollector(Collector):
         eta = GaugeMetricFamily("backfill_eta_seconds", "Estimated seconds to the end of the run.", labels=labels)
         total = GaugeMetricFamily("backfill_rows_total", "Rows the run covers (maybe an estimate).", labels=labels)
         status = GaugeMetricFamily("backfill_run_status", "1 for the run's current status.", labels=[*labels, "status"])
+        held = GaugeMetricFamily(
+            "backfill_run_held", "1 while the run is held (an unhealthy database, a check of yours).", labels=labels
+        )
         durations = HistogramMetricFamily(
             "backfill_batch_duration_seconds", "Time of the work of succeeded batches.", labels=labels
         )
@@ -57,9 +60,10 @@ class StoreCollector(Collector):
                 total.add_metric(values, progress.rows_total)
             for run_status in RunStatus:
                 status.add_metric([*values, run_status.value], 1.0 if run.status is run_status else 0.0)
+            held.add_metric(values, 1.0 if run.status is RunStatus.RUNNING and run.held_reason else 0.0)
             buckets, seconds = self._durations(run.id)
             durations.add_metric(values, buckets=buckets, sum_value=seconds)
-        yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, durations)
+        yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, held, durations)
 
     def _durations(self, run_id: int) -> tuple[list[tuple[str, float]], float]:
         """Histogram buckets of batch durations, counted by the database in one query."""

@@ -38,11 +38,19 @@ class RunProgress:
 
     @property
     def rows_total(self) -> int | None:
-        run = self.run
-        total = self.refined_total if self.refined_total is not None else run.rows_total
-        if total is None:
-            return None
-        return max(total, run.rows_done)
+        """The estimate (or the exact total), raised to the rows done when they passed it."""
+        total = self._estimated_total
+        return None if total is None else max(total, self.run.rows_done)
+
+    @property
+    def rows_total_raised(self) -> bool:
+        """Rows done have passed the estimate: ``rows_total`` shows them, not the estimate."""
+        total = self._estimated_total
+        return total is not None and self.run.rows_done > total
+
+    @property
+    def _estimated_total(self) -> int | None:
+        return self.refined_total if self.refined_total is not None else self.run.rows_total
 
     @property
     def fraction(self) -> float | None:
@@ -71,6 +79,7 @@ class RunProgress:
             "rows_done": run.rows_done,
             "rows_total": self.rows_total,
             "rows_total_is_estimate": run.rows_total_estimated and run.status is not RunStatus.FINISHED,
+            "rows_total_raised": self.rows_total_raised,
             "rows_affected": run.rows_affected,
             "percent": None if self.fraction is None else round(100 * self.fraction, 2),
             "batches_done": run.batches_done,

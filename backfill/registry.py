@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -13,6 +15,7 @@ from backfill.definition import Backfill
 from backfill.errors import AppError, BackfillError
 
 APP_ENV = "BACKFILL_APP"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class Registry(Mapping[str, Backfill]):
         try:
             return self.definitions[name]
         except KeyError:
+            if not self.source and not self.definitions:
+                raise AppError(
+                    f"backfill '{name}' is not in the checkpoint tables, and no definitions were loaded to look it "
+                    f"up in: check the name with `backfill status`, or pass --app MODULE / {APP_ENV}"
+                ) from None
             known = ", ".join(sorted(self.definitions)) or "none"
             raise AppError(
                 f"unknown backfill '{name}' (defined in {self.source or 'the app'}: {known}): "
@@ -53,15 +61,23 @@ class Registry(Mapping[str, Backfill]):
         return cls.of(*(v for v in vars(module).values() if isinstance(v, Backfill)), source=module.__name__)
 
 
-def load(app: str | None) -> Registry:
+def load(app: str | None, *, needed_by: str | None = None) -> Registry:
     """Import the definitions module named by ``--app`` or ``BACKFILL_APP``.
 
     The working directory is importable, as with ``python -m``, so a module beside the project
-    is found without installing it.
+    is found without installing it. Without a module name, commands that read or change only
+    the checkpoint tables get no definitions; ``needed_by`` names a command that cannot do
+    without them. A module that fails to import is one line: the module, the error, and where
+    in the user's code it happened (the traceback under ``BACKFILL_LOG_LEVEL=DEBUG``).
     """
     name = app or os.environ.get(APP_ENV)
     if not name:
-        raise AppError(f"no definitions module: pass --app MODULE or set {APP_ENV} (for example myapp.backfills)")
+        if needed_by is None:
+            return Registry({}, "")
+        raise AppError(
+            f"`{needed_by}` needs the backfills' definitions (what each one runs): pass --app MODULE or set "
+            f"{APP_ENV} (for example myapp.backfills)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -72,10 +88,31 @@ def load(app: str | None) -> Registry:
                 f"cannot import definitions module '{name}': no module named '{exc.name}'; "
                 f"check --app / {APP_ENV} and the working directory"
             ) from None
-        raise
+        raise AppError(_import_failure(name, exc)) from None
     except BackfillError:
         raise
+    except Exception as exc:
+        raise AppError(_import_failure(name, exc)) from None
     registry = Registry.from_module(module)
     if not registry:
         raise AppError(f"module '{name}' defines no backfill: define one with backfill.Backfill or @backfill.define")
     return registry
+
+
+def _import_failure(name: str, exc: BaseException) -> str:
+    logger.debug("importing the definitions module %s failed", name, exc_info=exc)
+    where = _where(exc)
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return (
+        f"cannot import definitions module '{name}': {type(exc).__name__}: {detail}"
+        f"{f' ({where})' if where else ''}; fix the module (BACKFILL_LOG_LEVEL=DEBUG shows the traceback)"
+    )
+
+
+def _where(exc: BaseException) -> str | None:
+    """file:line of the error in the user's code: a syntax error's own, else the innermost frame
+    that is not Python's import machinery."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None

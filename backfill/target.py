@@ -32,7 +32,7 @@ from backfill.dialects import error_text
 from backfill.errors import TargetError
 from backfill.keyset import KEY_TYPES, Span, decode_key
 from backfill.status import Phase
-from backfill.store.records import BatchRecord
+from backfill.store.records import BatchRecord, Run
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,18 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
                 f"{name}: the pending predicate fails on table '{where}': {error_text(exc, 300).splitlines()[0]}"
             ) from None
     return target
+
+
+def halves_by_key(connection: Connection, run: Run, record: BatchRecord) -> list[Span]:
+    """A batch's halves without its definition (an operator with the database URL alone): the
+    table reflected from the run's own record; every key counts, pending or not."""
+    table = Table(run.table_name, MetaData(), schema=run.schema_name, autoload_with=connection, resolve_fks=False)
+    columns = tuple(table.c[name] for name in run.key_columns)
+    types = tuple(_python_type(c) or str for c in columns)
+    first, last = decode_key(record.first_key, types), decode_key(record.last_key, types)
+    if first is None or last is None:
+        return []
+    return keyset.halves(connection, columns, first, last, record.rows)
 
 
 class Targets:

@@ -98,10 +98,14 @@ class Database:
             return connection.execute(text(sql), params).scalar()
 
     def cli(
-        self, *args: str, app: str = "tests.apps.counters", timeout: float = 120
+        self, *args: str, app: str | None = "tests.apps.counters", timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real ``backfill`` command in a subprocess, as a user would."""
-        env = {**os.environ, "BACKFILL_DATABASE_URL": self.url, "BACKFILL_APP": app, "COLUMNS": "200"}
+        """Run the real ``backfill`` command in a subprocess, as a user would (``app`` None: with
+        the database URL alone, as an operator on a bastion host)."""
+        env = {**os.environ, "BACKFILL_DATABASE_URL": self.url, "COLUMNS": "200"}
+        env.pop("BACKFILL_APP", None)
+        if app is not None:
+            env["BACKFILL_APP"] = app
         return subprocess.run(
             [sys.executable, "-m", "backfill", *args],
             cwd=ROOT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -18,6 +20,7 @@ from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
+from tests.helpers import poison
 from tests.test_engine import counter_histogram
 
 
@@ -220,3 +223,46 @@ def test_a_batch_waits_no_longer_than_its_lock_timeout_and_retries(db: Database)
     assert counter_histogram(db, items) == {1: 300}
     blocked = next(b for b in db.app().store.batches_of(run.id) if b.first_key == [101])
     assert blocked.attempts > 1
+
+
+def test_an_operator_with_the_database_url_alone(db: Database) -> None:
+    """Everything that reads or changes only the checkpoint tables works without the definitions."""
+    counters.fill(db.engine, items, list(range(1, 501)))
+    poison(db, 260)
+    db.app().start("poisoned")
+    alone = functools.partial(db.cli, app=None)
+    listed = json.loads(alone("status", "--json").stdout)
+    assert [r["name"] for r in listed] == ["poisoned"]
+    assert alone("status", "poisoned").returncode == 0
+    assert alone("tune", "poisoned", "--batch-size", "25").returncode == 0
+    assert alone("pause", "poisoned").returncode == 0
+    assert alone("resume", "poisoned").returncode == 0
+    assert db.app().run("poisoned").status is RunStatus.FAILED
+    poison(db)
+    split = alone("retry", "poisoned", "--split")
+    assert split.returncode == 0 and "in halves" in split.stdout, split.stderr
+    assert db.app().run("poisoned").status is RunStatus.FINISHED
+    assert alone("wait", "poisoned", "--timeout", "5").returncode == 0
+    assert counter_histogram(db, items) == {1: 500}
+    by = db.scalar("SELECT worker FROM backfill_events WHERE after = 'paused' ORDER BY id DESC LIMIT 1")
+    assert str(by).startswith("cli:")
+    for command in (["start", "poisoned"], ["run", "poisoned"], ["estimate", "poisoned"], ["list"]):
+        refused = alone(*command)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "needs the backfills' definitions" in refused.stderr and "BACKFILL_APP" in refused.stderr
+    assert alone("cancel", "no_such_backfill").returncode == 2
+
+
+def test_a_definitions_module_that_fails_to_import_is_one_line(db: Database, tmp_path: Path) -> None:
+    (tmp_path / "broken_defs.py").write_text("import os\n\nVALUE = undefined_name + 1\n")
+    env = {**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_APP": "broken_defs", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "backfill", "status"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "broken_defs" in result.stderr and "NameError" in result.stderr and "broken_defs.py:3" in result.stderr
+    debug = subprocess.run(
+        [sys.executable, "-m", "backfill", "status"],
+        cwd=tmp_path, env={**env, "BACKFILL_LOG_LEVEL": "DEBUG"}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "Traceback" in debug.stderr

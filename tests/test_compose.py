@@ -40,7 +40,7 @@ def project_commands() -> list[list[str]]:
 
 def test_services_and_their_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "worker", "scheduler"}
+    assert set(services) == {"postgres", "redis", "migrate", "worker", "scheduler", "dashboard"}
     for name in ("postgres", "redis"):
         assert "healthcheck" in services[name]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -49,6 +49,9 @@ def test_services_and_their_order() -> None:
         env = services[name]["environment"]
         assert {"BACKFILL_DATABASE_URL", "BACKFILL_BROKER_URL", "BACKFILL_APP"} <= set(env)
     assert (ROOT / services["worker"]["build"] / "Dockerfile").exists()
+    dashboard = services["dashboard"]
+    assert set(dashboard["environment"]) == {"BACKFILL_DATABASE_URL", "BACKFILL_DASHBOARD_TOKEN"}  # no definitions
+    assert dashboard["ports"] == ["127.0.0.1:8700:8700"]
 
 
 def test_every_command_exists_in_the_project() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,11 @@ from backfill.tables import events
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
+from tests.helpers import free_port, poison
 from tests.test_cli import one_error_line
 from tests.test_engine import counter_histogram
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-
-
-def poison(db: Database, *ids: int) -> None:
-    with db.engine.begin() as connection:
-        connection.execute(counters.poison.delete())
-        if ids:
-            connection.execute(counters.poison.insert(), [{"id": i} for i in ids])
 
 
 def background(db: Database, *args: str, **env: str) -> subprocess.Popen[str]:
@@ -236,12 +229,6 @@ def test_a_stuck_batch_is_taken_back(db: Database) -> None:
     assert run is not None and run.status is RunStatus.FINISHED and run.batches_failed == 0
     taken_back = next(b for b in db.app().store.batches_of(run.id) if b.id == stuck)
     assert taken_back.attempts >= 2 and taken_back.status is BatchStatus.SUCCEEDED
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_metrics_endpoint(db: Database) -> None:

@@ -21,8 +21,8 @@ from backfill.store import Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
+from tests.helpers import poison
 from tests.test_engine import counter_histogram
-from tests.test_operating import poison
 
 
 def once(action: Any) -> Any:

@@ -26,9 +26,9 @@ from backfill.store import Run, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
+from tests.helpers import free_port, poison
 from tests.test_alembic import alembic, columns, seed_players
 from tests.test_engine import counter_histogram
-from tests.test_operating import free_port, poison
 from tests.test_throttling import rows_in_windows
 from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ class Settings:
             visibility_timeout=number("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
             metrics_port=int(env["BACKFILL_METRICS_PORT"]) if env.get("BACKFILL_METRICS_PORT") else None,
         )
+
+    @property
+    def deployment_id(self) -> str:
+        """A short name for this deployment (broker, queue, key prefix): two deployments on one
+        host keep their beat schedules apart."""
+        return hashlib.sha256(f"{self.broker_url}|{self.queue}|{self.key_prefix}".encode()).hexdigest()[:12]
 
     def celery_config(self) -> dict[str, Any]:
         transport: dict[str, Any] = {"visibility_timeout": self.visibility_timeout}

@@ -99,7 +99,14 @@ class RunsMixin(StoreBase):
     # -- moves --------------------------------------------------------------------------------
 
     def _transition(
-        self, run_id: int, move: Move[RunStatus], *, error: str | None = None, guard: Any = None, **changes: Any
+        self,
+        run_id: int,
+        move: Move[RunStatus],
+        *,
+        error: str | None = None,
+        guard: Any = None,
+        actor: str | None = None,
+        **changes: Any,
     ) -> Run | None:
         """Move a run along ``move`` (with ``changes`` to its other columns) and record it;
         None when the run was not in one of the move's sources, or ``guard`` did not hold."""
@@ -114,7 +121,7 @@ class RunsMixin(StoreBase):
                 statement = statement.where(guard)
             if not conn.execute(statement).rowcount:
                 return None
-            self._record(conn, Event(before.name, run_id, move.target, before=before.status, error=error))
+            self._record(conn, Event(before.name, run_id, move.target, before=before.status, worker=actor, error=error))
             return self._run(conn, run_id)
 
     def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
@@ -128,10 +135,10 @@ class RunsMixin(StoreBase):
             started_at=self.now(),
         )
 
-    def pause(self, run: Run) -> Run | None:
-        return self._transition(run.id, PAUSE)
+    def pause(self, run: Run, *, actor: str | None = None) -> Run | None:
+        return self._transition(run.id, PAUSE, actor=actor)
 
-    def resume(self, run: Run) -> Run | None:
+    def resume(self, run: Run, *, actor: str | None = None) -> Run | None:
         """paused -> running (or pending, if it never started)."""
         with self.begin() as conn:
             current = self._run(conn, run.id)
@@ -141,7 +148,7 @@ class RunsMixin(StoreBase):
             if not conn.execute(self._move_run(run.id, move).where(runs.c.status == PAUSED.value)).rowcount:
                 return None
             self._forget_dispatches(conn, run.id)
-            self._record(conn, Event(current.name, run.id, move.target, before=PAUSED))
+            self._record(conn, Event(current.name, run.id, move.target, before=PAUSED, worker=actor))
             return self._run(conn, run.id)
 
     @staticmethod
@@ -154,8 +161,8 @@ class RunsMixin(StoreBase):
             .values(dispatched_at=None)
         )
 
-    def cancel(self, run: Run) -> Run | None:
-        return self._transition(run.id, CANCEL)
+    def cancel(self, run: Run, *, actor: str | None = None) -> Run | None:
+        return self._transition(run.id, CANCEL, actor=actor)
 
     def stop(self, run: Run, error: str) -> Run | None:
         """running -> failed, for a reason of the planner's (too many failures, an error that
@@ -241,9 +248,9 @@ class RunsMixin(StoreBase):
                 self._record(conn, Event(run.name, run.id, RUNNING, RUNNING, error=note))
             return self._run(conn, run.id)
 
-    def tune(self, run: Run, settings: Mapping[str, Any]) -> Run:
+    def tune(self, run: Run, settings: Mapping[str, Any], *, actor: str | None = None) -> Run:
         """An operator's change of some of a run's settings: only those columns are written,
-        so nothing else a planner or another operator set is undone."""
+        so nothing else a planner or another operator set is undone. Kept in the history."""
         with self.begin() as conn:
             changed = conn.execute(
                 update(runs)
@@ -252,7 +259,10 @@ class RunsMixin(StoreBase):
             ).rowcount
             if not changed:
                 raise RunStateError(f"backfill '{run.name}': run {run.id} is over; nothing to tune")
-            return self._run(conn, run.id)
+            tuned = self._run(conn, run.id)
+            note = "tuned: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+            self._record(conn, Event(run.name, run.id, tuned.status, tuned.status, worker=actor, error=note))
+            return tuned
 
     def adapt_batch_size(self, run: Run, size: int) -> bool:
         """The planner's own change of the batch size, made only if nobody changed it since
@@ -266,7 +276,9 @@ class RunsMixin(StoreBase):
                 ).rowcount
             )
 
-    def reopen_failed(self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None) -> tuple[Run, int]:
+    def reopen_failed(
+        self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None, *, actor: str | None = None
+    ) -> tuple[Run, int]:
         """Re-queue the failed batches of a run and make it running again (``backfill retry``).
 
         A failed batch named in ``splits`` is replaced by new batches over those spans of its
@@ -304,7 +316,7 @@ class RunsMixin(StoreBase):
                 if not moved:
                     continue
                 requeued += 1
-                changes.append(Event(run.name, run.id, move.target, BatchStatus.FAILED, batch.id, batch.seq))
+                changes.append(Event(run.name, run.id, move.target, BatchStatus.FAILED, batch.id, batch.seq, actor))
                 next_seq = self._add_batches(conn, run.name, batch, spans or (), next_seq, changes)
             if not requeued and current.status is not RunStatus.FAILED:
                 raise RunStateError(
@@ -320,7 +332,7 @@ class RunsMixin(StoreBase):
                 statement = self._move_run(run.id, REOPEN, **values).values(
                     active_name=run.name, finished_at=None, last_error=None
                 )
-                changes.append(Event(run.name, run.id, RUNNING, RunStatus.FAILED))
+                changes.append(Event(run.name, run.id, RUNNING, RunStatus.FAILED, worker=actor))
             try:
                 conn.execute(statement)
                 self._forget_dispatches(conn, run.id)
