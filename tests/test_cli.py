@@ -135,6 +135,18 @@ def test_start_status_json_and_a_second_start(db: Database) -> None:
     assert human.returncode == 0 and "counter_int" in human.stdout and "finished" in human.stdout
 
 
+def test_a_total_raised_past_its_estimate_says_so(db: Database) -> None:
+    """An estimate that undershoots (a planner's guess) is shown as the rows done, and flagged."""
+    counters.fill(db.engine, items, list(range(1, 301)))
+    assert db.cli("start", "counter_int", "--batch-size", "100").returncode == 0
+    entry = json.loads(db.cli("status", "counter_int", "--json").stdout)
+    assert (entry["rows_total"], entry["rows_total_raised"]) == (300, False)
+    with db.engine.begin() as conn:
+        conn.execute(runs.update().values(rows_total=120, rows_total_estimated=True, rows_done=200))
+    entry = json.loads(db.cli("status", "counter_int", "--json").stdout)
+    assert (entry["rows_total"], entry["rows_total_is_estimate"], entry["rows_total_raised"]) == (200, True, True)
+
+
 def test_pause_resume_cancel(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 101)))
     assert db.cli("start", "counter_int").returncode == 0
