@@ -12,12 +12,14 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 TOKEN_ENV = "BACKFILL_DASHBOARD_TOKEN"
 COOKIE = "backfill_session"
+SESSION_SECONDS = 12 * 3600
 
 
 @dataclass(frozen=True)
@@ -40,18 +42,22 @@ class Access:
     def token_matches(self, given: str | None) -> bool:
         return self.token is not None and given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    def new_session(self) -> str:
-        nonce = secrets.token_urlsafe(24)
+    def new_session(self, now: float | None = None) -> str:
+        nonce = f"{secrets.token_urlsafe(24)}-{int(time.time() if now is None else now)}"
         return f"{nonce}.{self._sign('session', nonce)}"
 
-    def session(self, request: Request) -> str | None:
-        """The session's nonce, when the request carries a valid session cookie."""
+    def session(self, request: Request, now: float | None = None) -> str | None:
+        """The session's nonce, when the request carries a valid cookie issued less than
+        ``SESSION_SECONDS`` ago: a stolen cookie does not act for ever, and a new token ends
+        every session (the signature is keyed by it)."""
         if self.token is None:
             return None
         nonce, _, signature = (request.cookies.get(COOKIE) or "").partition(".")
-        if nonce and hmac.compare_digest(signature.encode(), self._sign("session", nonce).encode()):
-            return nonce
-        return None
+        if not nonce or not hmac.compare_digest(signature.encode(), self._sign("session", nonce).encode()):
+            return None
+        issued = nonce.rpartition("-")[2]
+        age = (time.time() if now is None else now) - int(issued) if issued.isdigit() else SESSION_SECONDS
+        return nonce if 0 <= age < SESSION_SECONDS else None
 
     def csrf_token(self, request: Request) -> str | None:
         nonce = self.session(request)

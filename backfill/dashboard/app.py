@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from backfill.app import App
-from backfill.dashboard.access import COOKIE, Access
+from backfill.dashboard.access import COOKIE, SESSION_SECONDS, Access
 from backfill.dashboard.charts import batch_charts
 from backfill.database import display_url
 from backfill.errors import BackfillError
@@ -166,6 +166,7 @@ def create_app(app: App, access: Access | None = None) -> Starlette:
             access.new_session(),
             httponly=True,
             samesite="strict",
+            max_age=SESSION_SECONDS,
             secure=request.url.scheme == "https",
             path="/",
         )
