@@ -57,7 +57,8 @@ def _bar(fraction: float | None, width: int = 16) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """Seconds as an operator reads them at a glance: 42s, 3m07s, 2h05m."""
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -93,8 +94,8 @@ def status_table(runs: list[RunProgress]) -> Table:
             f"{run.batches_done} / {run.batches_failed} / {p.batches_pending + p.batches_running}",
             str(run.tuning.batch_size),
             f"{p.rate:,.0f}/s",
-            _duration(p.eta_seconds),
-            _duration(p.elapsed_seconds),
+            duration(p.eta_seconds),
+            duration(p.elapsed_seconds),
             (run.last_error or "")[:80],
         )
     return table
@@ -132,6 +133,6 @@ def estimate_view(estimate: Estimate) -> str:
     return (
         f"{estimate.name}: {rows} rows in {estimate.batches:,} batches of {estimate.tuning.batch_size:,}\n"
         f"sampled batches (rolled back): {samples}\n"
-        f"expected: {data['batch_ms']} ms per batch, about {_duration(estimate.seconds)} of work "
+        f"expected: {data['batch_ms']} ms per batch, about {duration(estimate.seconds)} of work "
         f"at parallelism {estimate.tuning.parallelism} (scheduling overhead not included)"
     )

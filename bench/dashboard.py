@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import socket
 import statistics
 import subprocess
@@ -24,13 +23,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 
 from backfill import App, Backfill, Registry, Tuning
 from backfill.database import make_engine
+from bench.scenario import bench_database
 
-ADMIN_URL = os.environ.get("BACKFILL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TARGET_MS = 300.0
 RUN_NAME = "big_run"
 
@@ -171,12 +170,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
 
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"backfill_bench_{secrets.token_hex(3)}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name)
-    try:
+    with bench_database() as database:
+        url = database.url
         started = time.perf_counter()
         fill(url, args.batches, args.events, args.finished_runs)
         print(
@@ -209,10 +204,6 @@ def main() -> None:
         for label, ms in timings.items():
             verdict = "" if "new process" in label else ("yes" if statistics.median(ms) <= TARGET_MS else "NO")
             print(f"| {label} | {statistics.median(ms):.1f} | {max(ms):.1f} | {verdict} |")
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ events, counters. Statements and commits per batch are counted on the connection
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import statistics
 import time
 from collections.abc import Callable
@@ -24,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
 
 from backfill import App, Backfill, Registry, Tuning
 from backfill.database import make_engine
 from backfill.dispatch import Dispatcher
+from bench.scenario import bench_database
 
-ADMIN_URL = os.environ.get("BACKFILL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 WORK = "UPDATE bench_items SET v = v + 1 WHERE id BETWEEN :first AND :last"
 TARGETS = {100: 1.5, 1000: 1.15}
 
@@ -147,12 +144,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"backfill_bench_{secrets.token_hex(3)}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(ADMIN_URL).set(database=name)
-    try:
+    with bench_database() as database:
+        url = database.url
         engine = make_engine(url)
         with engine.begin() as c:
             c.execute(text("CREATE TABLE bench_items (id bigint primary key, v int not null default 0)"))
@@ -171,10 +164,6 @@ def main() -> None:
                 target = TARGETS.get(size) if m.name != "hand-written loop" else None
                 ratio = f"{ms / hand:.2f}x" + (f" (target <= {target})" if target else "")
                 print(f"| {size:,} | {m.name} | {ms:.3f} | {ratio} | {m.statements:.2f} | {m.commits:.2f} |")
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

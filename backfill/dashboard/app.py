@@ -21,6 +21,7 @@ from backfill.app import App
 from backfill.dashboard.access import COOKIE, SESSION_SECONDS, Access
 from backfill.dashboard.charts import batch_charts
 from backfill.database import display_url
+from backfill.display import duration
 from backfill.errors import BackfillError
 from backfill.progress import RunProgress
 
@@ -39,16 +40,7 @@ templates = Environment(
 )
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-templates.filters["duration"] = _duration
+templates.filters["duration"] = duration
 templates.filters["shell"] = shlex.quote
 templates.filters["urlpart"] = lambda value: quote(str(value), safe="")
 
