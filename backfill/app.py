@@ -21,9 +21,9 @@ from backfill.executor import Outcome
 from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span
+from backfill.planner import Planner
 from backfill.progress import RunProgress, measure
 from backfill.registry import Registry, load
-from backfill.scheduler import Scheduler
 from backfill.status import BatchStatus, RunStatus
 from backfill.store import BatchRecord, EventRecord, Run, Store
 from backfill.target import Targets, halves_by_key
@@ -109,8 +109,8 @@ class App:
         tuning = definition.tuning.replace(overrides)
         self.store.check_tables()
         self.targets.get(name)
-        scheduler = Scheduler(self.store, self.targets, clock=self.host.clock)
-        busy = scheduler.conflicting(name, self.store.active_runs_on(definition.table, definition.schema))
+        planner = Planner(self.store, self.targets, clock=self.host.clock)
+        busy = planner.conflicting(name, self.store.active_runs_on(definition.table, definition.schema))
         if busy is not None:
             raise RunStateError(
                 f"backfill '{busy.name}' (run {busy.id}, {busy.status}) is working on table '{definition.table}', "
@@ -118,7 +118,7 @@ class App:
                 "or mark both definitions exclusive=False"
             )
         run = self.store.create_run(definition, tuning)
-        return scheduler.activate(run)
+        return planner.activate(run)
 
     def run(
         self,

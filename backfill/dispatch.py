@@ -14,7 +14,7 @@ from typing import TypeVar
 from backfill.dialects import retried
 from backfill.executor import Executor, Outcome, Result
 from backfill.host import Host
-from backfill.scheduler import Plan, Scheduler
+from backfill.planner import Plan, Planner
 from backfill.status import RunStatus
 from backfill.store import Run, Store
 from backfill.target import Targets
@@ -44,7 +44,7 @@ class Dispatcher:
         message waits in a busy queue, or workers will be handed batches they then skip."""
         self.store = store
         self.host = host or Host()
-        self.scheduler = Scheduler(store, targets, lookahead=LOOKAHEAD, clock=self.host.clock)
+        self.planner = Planner(store, targets, lookahead=LOOKAHEAD, clock=self.host.clock)
         self.executor = Executor(store, targets, host=self.host)
         self.send = send
         self.redispatch_after = redispatch_after
@@ -59,8 +59,8 @@ class Dispatcher:
         """
         sent = 0
         for run in self._retried(self.store.runnable_runs):
-            self._retried(lambda: self.scheduler.release_stale(run, self.host.is_gone))  # noqa: B023
-            sent += self.dispatch(self._retried(lambda: self.scheduler.tick(run)))  # noqa: B023
+            self._retried(lambda: self.planner.release_stale(run, self.host.is_gone))  # noqa: B023
+            sent += self.dispatch(self._retried(lambda: self.planner.tick(run)))  # noqa: B023
         return sent
 
     def execute(self, batch_id: int) -> list[Outcome]:
@@ -85,14 +85,14 @@ class Dispatcher:
             keep_going=lambda: clock.monotonic() < deadline,
             redispatch_after=self.redispatch_after,
             refill=self._refill,
-            plan_ahead=lambda run, count: self._retried(lambda: self.scheduler.plan_ahead(run, count)),
+            plan_ahead=lambda run, count: self._retried(lambda: self.planner.plan_ahead(run, count)),
         )
         if outcomes and not (len(outcomes) == 1 and outcomes[0].result is Result.SKIPPED):
-            self.dispatch(self._retried(lambda: self.scheduler.tick(run)))  # what the chain leaves
+            self.dispatch(self._retried(lambda: self.planner.tick(run)))  # what the chain leaves
         return outcomes
 
     def _refill(self, run: Run) -> Run:
-        return self._retried(lambda: self.scheduler.tick(run)).run
+        return self._retried(lambda: self.planner.tick(run)).run
 
     def dispatch(self, plan: Plan) -> int:
         """Send a message for each chain the run is short of (see ``Store.dispatch_chains``)."""

@@ -1,6 +1,6 @@
 """Whether the database can take a backfill's load right now.
 
-Checked by the scheduler before it starts more batches: while any check says no, the run is
+Checked by the planner before it starts more batches: while any check says no, the run is
 held — nothing new starts, batches in flight finish — and it carries on by itself once every
 check passes again. The database's own signals come first (replica lag, an old transaction,
 the share of connections in use); the application can add its own (``Backfill.health_checks``).

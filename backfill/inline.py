@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from backfill.dialects import retried
 from backfill.executor import Executor, Outcome
 from backfill.host import Host
-from backfill.scheduler import Plan, Scheduler
+from backfill.planner import Plan, Planner
 from backfill.status import RunStatus
 from backfill.store import Run, Store
 from backfill.target import Targets
@@ -62,22 +62,22 @@ class InlineRunner:
         """
         threads = 1 if self.store.borrowed else self.threads or run.tuning.parallelism
         clock = self.host.clock
-        scheduler = Scheduler(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads, clock=clock)
+        planner = Planner(self.store, self.targets, lookahead=LOOKAHEAD_PER_THREAD * threads, clock=clock)
         executor = Executor(self.store, self.targets, host=self.host)
         planning = threading.Lock()  # one planner, shared by the chains and this thread
         stopping = threading.Event()
 
         def tick(run: Run, plan: bool = True) -> Plan:
             with planning:
-                return retried(lambda: scheduler.tick(run, plan=plan), clock.sleep)
+                return retried(lambda: planner.tick(run, plan=plan), clock.sleep)
 
         def sweep(run: Run) -> None:
-            retried(lambda: scheduler.release_stale(run, self.host.is_gone), clock.sleep)
+            retried(lambda: planner.release_stale(run, self.host.is_gone), clock.sleep)
 
         def chain(run: Run) -> list[Outcome]:
             def plan_ahead(run: Run, count: int) -> Run:
                 with planning:
-                    return retried(lambda: scheduler.plan_ahead(run, count), clock.sleep)
+                    return retried(lambda: planner.plan_ahead(run, count), clock.sleep)
 
             return executor.run_chain(
                 run,

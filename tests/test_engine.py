@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text, update
 from backfill import App, BatchStatus, Phase, RunStatus
 from backfill.errors import RunStateError
 from backfill.executor import Executor, Result
-from backfill.scheduler import Scheduler
+from backfill.planner import Planner
 from backfill.store import Claim, Refusal
 from tests.apps import counters
 from tests.apps.counters import items, items_composite, items_text, items_uuid
@@ -165,7 +165,7 @@ def test_a_batch_delivered_twice_runs_once(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 101)))
     app = db.app()
     run = app.start("counter_int")
-    plan = Scheduler(app.store, app.targets).tick(run)
+    plan = Planner(app.store, app.targets).tick(run)
     batch = plan.pending[0]
     executor = Executor(app.store, app.targets)
     results: list[Result] = []
@@ -185,7 +185,7 @@ def test_a_worker_that_lost_its_claim_cannot_commit(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 101)))
     app = db.app()
     run = app.start("counter_int")
-    batch = Scheduler(app.store, app.targets).tick(run).pending[0]
+    batch = Planner(app.store, app.targets).tick(run).pending[0]
     slow_claim = app.store.claim(run, batch.id, "slow-worker", lease_seconds=60)
     assert isinstance(slow_claim, Claim)
     # The slow worker's lease is deemed lost; the batch goes back and another worker runs it.
@@ -224,10 +224,10 @@ def test_runs_share_a_table_only_when_both_definitions_allow_it(db: Database) ->
         app.start("shared_a")
     # Queued (as a migration queues it), it waits for the table instead.
     queued = app.store.create_run(app.definitions["counter_pending"], app.definitions["counter_pending"].tuning)
-    scheduler = Scheduler(app.store, app.targets)
-    assert scheduler.activate(queued).status is RunStatus.PENDING
+    planner = Planner(app.store, app.targets)
+    assert planner.activate(queued).status is RunStatus.PENDING
     app.cancel("counter_int")
-    assert scheduler.activate(queued).status is RunStatus.RUNNING
+    assert planner.activate(queued).status is RunStatus.RUNNING
     assert first.status is RunStatus.RUNNING
     app.cancel("counter_pending")
 

@@ -45,7 +45,7 @@ EMA_ALPHA = 0.3
 
 @dataclass(frozen=True)
 class Plan:
-    """A run as the scheduler left it, and its batches that are planned but not done."""
+    """A run as the planner left it, and its batches that are planned but not done."""
 
     run: Run
     open_batches: tuple[BatchRecord, ...]
@@ -82,7 +82,7 @@ def failure_stop(run: Run) -> str | None:
     )
 
 
-class Scheduler:
+class Planner:
     def __init__(self, store: Store, targets: Targets, *, lookahead: int = 1, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.targets = targets
