@@ -59,8 +59,8 @@ from sqlalchemy.sql.compiler import DDLCompiler, IdentifierPreparer
 from backfill import tables
 from backfill.app import App
 from backfill.definition import Backfill, Tuning
-from backfill.dialects import error_text
 from backfill.errors import BackfillError, ConfigurationError, TargetError
+from backfill.failures import error_text
 from backfill.registry import APP_ENV, Registry, load
 from backfill.status import RunStatus
 from backfill.store import Run, Store, new_run_values

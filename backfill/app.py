@@ -14,10 +14,10 @@ from sqlalchemy.exc import DBAPIError
 from backfill.clock import SERVER_TIME, DatabaseTime
 from backfill.database import display_url, make_engine
 from backfill.definition import Backfill
-from backfill.dialects import error_text
 from backfill.errors import DatabaseUnavailableError, RunStateError
 from backfill.estimate import Estimate, estimate
 from backfill.executor import Outcome
+from backfill.failures import error_text
 from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span

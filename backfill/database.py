@@ -87,7 +87,7 @@ def _configure_sqlite(engine: Engine) -> None:
     pysqlite's default deferred transactions upgrade a read lock to a write lock mid-transaction,
     which fails at once (no busy wait) when another connection is writing; with ``BEGIN
     IMMEDIATE`` concurrent batches queue on the lock instead. The busy timeout of a batch's
-    connection is its lock timeout (``dialects``), applied here, before the lock is taken.
+    connection is its lock timeout (``limits``), applied here, before the lock is taken.
     """
 
     @event.listens_for(engine, "connect")

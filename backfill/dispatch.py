@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from backfill.dialects import retried
 from backfill.executor import Executor, Outcome, Result
+from backfill.failures import retried
 from backfill.host import Host
 from backfill.planner import Plan, Planner
 from backfill.status import RunStatus

@@ -3,12 +3,15 @@ that are rolled back: the real work on the real table, and nothing changed."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from dataclasses import dataclass
 
-from backfill import dialects, keyset
+from sqlalchemy import Connection, Table, func, literal_column, select, text
+
+from backfill import keyset
 from backfill.definition import Batch, Key, Tuning
 from backfill.keyset import Span
 from backfill.limits import Bounded
@@ -80,7 +83,7 @@ def estimate(store: Store, target: Target, tuning: Tuning, *, samples: int = 3) 
     spans = sample_spans(store, target, tuning, samples)
     timings: list[float] = []
     with store.engine.connect() as connection:
-        rows, is_estimate = dialects.estimate_rows(connection, target.table)
+        rows, is_estimate = estimate_rows(connection, target.table)
         connection.rollback()  # end the read's transaction: each sample has its own
         with Bounded(connection, tuning.statement_timeout, tuning.lock_timeout) as limits:
             for seq, span in enumerate(spans):
@@ -101,3 +104,36 @@ def estimate(store: Store, target: Target, tuning: Tuning, *, samples: int = 3) 
         sample_ms=tuple(timings),
         sample_rows=tuple(s.rows for s in spans),
     )
+
+
+EXACT_COUNT_BELOW = 200_000
+"""Below this many estimated rows an exact count is cheap, and worth having."""
+
+
+def estimate_rows(connection: Connection, table: Table) -> tuple[int, bool]:
+    """Rows in the table and whether that figure is an estimate.
+
+    PostgreSQL's planner and MySQL's catalog give a row estimate that costs nothing to read;
+    counting a table of hundreds of millions of rows would take minutes. A small table, or one
+    with no estimate (SQLite), is counted.
+    """
+    estimate: int | None = None
+    name = connection.dialect.name
+    if name == "postgresql":
+        # The planner scales the last ANALYZE by the table's current size: better than reltuples.
+        query = select(literal_column("1")).select_from(table).compile(dialect=connection.dialect)
+        plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {query}").scalar_one()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+    elif name in ("mysql", "mariadb"):
+        found = connection.execute(
+            text(
+                "SELECT table_rows FROM information_schema.tables "
+                "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name"
+            ),
+            {"schema": table.schema, "name": table.name},
+        ).scalar()
+        estimate = int(found) if found is not None else None
+    if estimate is not None and estimate >= EXACT_COUNT_BELOW:
+        return estimate, True
+    return int(connection.execute(select(func.count()).select_from(table)).scalar_one()), False

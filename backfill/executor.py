@@ -19,7 +19,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from tenacity import RetryCallState
 
-from backfill import dialects
+from backfill import failures
 from backfill.errors import AppError, TargetError
 from backfill.host import Host
 from backfill.keyset import Span
@@ -155,7 +155,7 @@ class Executor:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            self._retried(lambda: self.store.record_retry(claim, dialects.error_text(exc) if exc else "retry"))
+            self._retried(lambda: self.store.record_retry(claim, failures.error_text(exc) if exc else "retry"))
 
         try:
             with self.heartbeat.keep(claim, self.host.lease_seconds):
@@ -164,10 +164,10 @@ class Executor:
                 except Exception as exc:
                     # The first attempt runs bare (the hot path). A transient error goes round
                     # again under tenacity, which is handed this failure as its first attempt.
-                    if tries < 2 or not dialects.is_transient(exc):
+                    if tries < 2 or not failures.is_transient(exc):
                         raise
                     first: Exception | None = exc
-                    retrying = dialects.retry_transient(tries, self.host.clock.sleep).copy(before_sleep=before_sleep)
+                    retrying = failures.retry_transient(tries, self.host.clock.sleep).copy(before_sleep=before_sleep)
                     for again in retrying:
                         with again:
                             if first is not None:
@@ -224,7 +224,7 @@ class Executor:
 
     def _retried(self, call: Callable[[], T]) -> T:
         """A store call, through transient errors: every one is a guarded transaction."""
-        return dialects.retried(call, self.host.clock.sleep)
+        return failures.retried(call, self.host.clock.sleep)
 
     def _claim(self, run: Run, batch_id: int | None, redispatch_after: float | None) -> Claim | Refused:
         """Claim the batch (or the run's next free one), waiting while the rate cap holds it back."""
@@ -240,8 +240,8 @@ class Executor:
             self.host.clock.sleep(min(max(claim.retry_after, 0.01), RATE_WAIT_SECONDS))
 
     def _on_error(self, run: Run, target: Target, claim: Claim, exc: Exception, attempts: int) -> Outcome:
-        error = dialects.error_text(exc)
-        kind = dialects.classify(exc)
+        error = failures.error_text(exc)
+        kind = failures.classify(exc)
         if kind is ErrorKind.TIMEOUT and claim.batch.rows >= 2:
             spans = self._retried(lambda: self._halves(target, claim))
             if len(spans) >= 2:

@@ -13,8 +13,8 @@ from concurrent import futures
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from backfill.dialects import retried
 from backfill.executor import Executor, Outcome
+from backfill.failures import retried
 from backfill.host import Host
 from backfill.planner import Plan, Planner
 from backfill.status import RunStatus

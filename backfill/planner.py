@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
-from backfill import dialects, health, keyset
+from backfill import failures, health, keyset
 from backfill.clock import SYSTEM_CLOCK, Clock
 from backfill.definition import Key
 from backfill.errors import AppError, PlanningError, TargetError
+from backfill.estimate import estimate_rows
 from backfill.keyset import encode_key
 from backfill.status import BatchStatus, Phase, RunStatus
 from backfill.store import BatchRecord, Run, Store
@@ -106,7 +107,7 @@ class Planner:
         target = self.targets.get(run.name)
         with self._planning(run), self.store.reading() as connection:
             end = keyset.last_key(connection, target.key_columns)
-            total, estimated = dialects.estimate_rows(connection, target.table)
+            total, estimated = estimate_rows(connection, target.table)
         return self.store.activate(run, end=end, rows_total=total, estimated=estimated) or self.store.get_run(run.id)
 
     def conflicting(self, name: str, others: Iterable[Run]) -> Run | None:
@@ -275,10 +276,10 @@ class Planner:
         try:
             yield
         except DBAPIError as exc:
-            if dialects.is_transient(exc):
+            if failures.is_transient(exc):
                 raise
             phase = "the final pass" if run.phase is Phase.CATCHUP else "the next batches"
             raise PlanningError(
-                f"planning {phase} failed: {dialects.error_text(exc, 300).splitlines()[0]}: fix the definition "
+                f"planning {phase} failed: {failures.error_text(exc, 300).splitlines()[0]}: fix the definition "
                 f"(its table, key or pending predicate), then `backfill retry {run.name}`"
             ) from None

@@ -28,8 +28,8 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
 from backfill import keyset
 from backfill.definition import Backfill, Batch, Key
-from backfill.dialects import error_text
 from backfill.errors import TargetError
+from backfill.failures import error_text
 from backfill.keyset import KEY_TYPES, Span, decode_key
 from backfill.status import Phase
 from backfill.store.records import BatchRecord, Run

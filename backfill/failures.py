@@ -1,14 +1,13 @@
-"""What differs between databases: which errors are worth a retry, and how many rows a table
-holds when counting would be slow. (Time limits on a batch's connection: ``limits``.)"""
+"""What a database error means for a batch: worth a retry (a deadlock, a lock timeout, a lost
+connection), a statement timeout (split the batch), or a failure to report. Each database says
+it differently, in codes of its own; tenacity retries what is transient."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Table, func, literal_column, select, text
 from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -118,36 +117,3 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
     message = str(orig if orig is not None else exc).strip() or type(exc).__name__
     name = type(orig if orig is not None else exc).__name__
     return f"{name}: {message}"[:limit]
-
-
-EXACT_COUNT_BELOW = 200_000
-"""Below this many estimated rows an exact count is cheap, and worth having."""
-
-
-def estimate_rows(connection: Connection, table: Table) -> tuple[int, bool]:
-    """Rows in the table and whether that figure is an estimate.
-
-    PostgreSQL's planner and MySQL's catalog give a row estimate that costs nothing to read;
-    counting a table of hundreds of millions of rows would take minutes. A small table, or one
-    with no estimate (SQLite), is counted.
-    """
-    estimate: int | None = None
-    name = connection.dialect.name
-    if name == "postgresql":
-        # The planner scales the last ANALYZE by the table's current size: better than reltuples.
-        query = select(literal_column("1")).select_from(table).compile(dialect=connection.dialect)
-        plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {query}").scalar_one()
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
-    elif name in ("mysql", "mariadb"):
-        found = connection.execute(
-            text(
-                "SELECT table_rows FROM information_schema.tables "
-                "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name"
-            ),
-            {"schema": table.schema, "name": table.name},
-        ).scalar()
-        estimate = int(found) if found is not None else None
-    if estimate is not None and estimate >= EXACT_COUNT_BELOW:
-        return estimate, True
-    return int(connection.execute(select(func.count()).select_from(table)).scalar_one()), False
