@@ -22,7 +22,7 @@ from sqlalchemy import and_, true, update
 
 from backfill import keyset
 from backfill.keyset import Span
-from backfill.store import Store, leases, runs
+from backfill.store import Store, completion, leases, runs
 from backfill.store.records import tuning_values
 from tests.sim.__main__ import run_seeds
 from tests.sim.scenario import Report, run_schedule
@@ -78,7 +78,7 @@ def test_it_finds_a_phase_concluded_on_a_stale_list(monkeypatch: pytest.MonkeyPa
 
 def test_it_finds_batches_counted_after_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
     everything = ["pending", "running", "paused", "finished", "failed", "cancelled"]
-    monkeypatch.setattr(leases, "_WORKING", everything)
+    monkeypatch.setattr(completion, "_WORKING", everything)
     found = _first_violation("over", {"operators": 2, "poison": set()})
     assert found is not None and "yet its counters moved" in found.violations[0]
 

@@ -4,12 +4,13 @@ Each move is one guarded statement (``WHERE status IN ...``, or the lease token 
 out), along an edge of ``backfill.transitions``, so two processes racing for the same move cannot
 both win: the loser sees a rowcount of zero. That is what makes a duplicate delivery, a second
 planner or a resumed runner harmless. The package is one ``Store``, in parts: ``runs`` (a run's
-life), ``planning`` (adding batches), ``leases`` (batches in workers' hands) and ``reads``.
+life), ``planning`` (adding batches), ``leases`` (batches in workers' hands), ``completion`` (how a claim ends; on
+PostgreSQL in one statement, ``completion_sql``) and ``reads``.
 """
 
 from __future__ import annotations
 
-from backfill.store.leases import LeasesMixin
+from backfill.store.completion import CompletionMixin
 from backfill.store.planning import PlanningMixin
 from backfill.store.reads import ReadsMixin
 from backfill.store.records import (
@@ -29,7 +30,7 @@ from backfill.store.records import (
 from backfill.store.runs import RunsMixin
 
 
-class Store(RunsMixin, PlanningMixin, LeasesMixin, ReadsMixin):
+class Store(RunsMixin, PlanningMixin, CompletionMixin, ReadsMixin):
     """The checkpoint tables, through an engine or through one borrowed connection (see
     ``StoreBase``); ``time`` says whose clock stamps and compares its times (the database's)."""
 

@@ -19,7 +19,7 @@ from backfill.errors import RunStateError, StoreMissingError
 from backfill.events import Event
 from backfill.keyset import Span
 from backfill.status import BatchStatus, RunStatus
-from backfill.store.records import BatchRecord, Run, batch_values
+from backfill.store.records import BatchRecord, Refusal, Run, batch_values
 from backfill.transitions import Move
 
 runs = tables.runs
@@ -27,6 +27,13 @@ batches = tables.batches
 
 _EVENTS = "backfill_events"
 """``connection.info`` key: a stack of event lists, one per open store transaction."""
+
+
+class Undo(Exception):
+    """Roll the transaction back: the guarded write that had to come next did not happen."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
 
 
 class StoreBase:
@@ -43,7 +50,7 @@ class StoreBase:
         self.time = time
         self._tables_seen = False
         self._statements: dict[Any, Any] = {}
-        """Hot-path statements, built once per store (see ``LeasesMixin._complete_statement``)."""
+        """Hot-path statements, built once per store (see ``CompletionMixin._complete_statement``)."""
 
     @property
     def borrowed(self) -> bool:

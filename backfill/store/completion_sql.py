@@ -1,0 +1,146 @@
+"""The completion of a batch on PostgreSQL as one statement: what makes a batch cost its work
+plus one round trip. Everything the generic path does in four statements happens here in
+data-modifying CTEs, all or nothing; the rows come back as JSON objects, which keeps the
+statement under the driver's 4 kB statement cache and the result to a few columns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Float,
+    Select,
+    bindparam,
+    exists,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
+
+from backfill import tables
+from backfill.clock import plus_seconds
+from backfill.status import BatchStatus, RunStatus
+from backfill.store.base import StoreBase, batches, one_of, runs
+from backfill.store.leases import CLAIM, SUCCEED
+from backfill.transitions import WORKING
+
+WORKING_VALUES = [s.value for s in WORKING]
+"""The run statuses in which a batch's end still counts."""
+
+RUN_STATE = (
+    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "batches_done",
+    "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
+    "max_rows_per_second", "pause_seconds", "nice_ratio",
+)  # fmt: skip
+"""What a chain goes on by, as the completing statement leaves the run: its status and hold, its
+planning state, and the settings an operator may have tuned. (Few columns: they are read back
+with every batch.)"""
+NEXT_BATCH = ("id", "run_id", "seq", "phase", "first_key", "last_key", "rows", "status", "attempts")
+
+
+def complete_statement(now: ColumnElement[datetime], done_values: dict[str, Any], carry: bool) -> Select[Any]:
+    """PostgreSQL's completion of a batch in one statement of data-modifying CTEs: the batch
+    done (under its claim's token), its run counted (only while the run works), its event, and
+    with ``carry`` the run's next free batch claimed with its event. Parameters are bound by
+    name (``bf_*``), so the statement is built and compiled once per store."""
+    done = (
+        StoreBase._move_batches(SUCCEED, **done_values)
+        .where(batches.c.id == bindparam("bf_batch"), batches.c.lease_token == bindparam("bf_token"))
+        .returning(batches.c.id, batches.c.run_id)
+        .cte("done")
+    )
+    counted = (
+        update(runs)
+        .where(runs.c.id == bindparam("bf_run"), one_of(runs.c.status, WORKING_VALUES), exists(select(done.c.id)))
+        .values(
+            rows_done=runs.c.rows_done + bindparam("bf_rows"),
+            rows_affected=runs.c.rows_affected + bindparam("bf_affected_sum"),
+            batches_done=runs.c.batches_done + 1,
+            updated_at=now,
+        )
+        .returning(runs.c.id, *(runs.c[name] for name in RUN_STATE))
+        .cte("counted")
+    )
+    logged = _logged(done, BatchStatus.RUNNING, BatchStatus.SUCCEEDED, "bf_worker", now, "logged")
+    # The rows come back as JSON objects: a short statement (PostgreSQL's driver caches
+    # statements below 4 kB) and few result columns to describe.
+    columns = [
+        done.c.id.label("done_id"),
+        select(func.count()).select_from(logged).scalar_subquery().label("logged"),
+        func.to_jsonb(counted.table_valued()).label("run"),
+    ]
+    joined: Any = done.join(counted, true())
+    if carry:
+        stale = plus_seconds(now, -bindparam("bf_redispatch", type_=Float()))
+        candidate = (
+            select(batches.c.id)
+            .where(
+                batches.c.run_id == bindparam("bf_run"),
+                batches.c.status == BatchStatus.PENDING.value,
+                or_(
+                    bindparam("bf_redispatch") < 0,
+                    batches.c.dispatched_at.is_(None),
+                    batches.c.dispatched_at < stale,
+                ),
+            )
+            .order_by(batches.c.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        runs_on = exists(select(counted.c.id).where(*carrying(counted.c)))
+        following = (
+            StoreBase._move_batches(
+                CLAIM,
+                attempts=batches.c.attempts + 1,
+                worker=bindparam("bf_next_worker"),
+                lease_token=bindparam("bf_next_token"),
+                lease_expires_at=plus_seconds(now, bindparam("bf_lease", type_=Float())),
+                started_at=now,
+            )
+            .where(batches.c.id == candidate, runs_on)
+            .returning(*(batches.c[name] for name in NEXT_BATCH))
+            .cte("following")
+        )
+        logged_next = _logged(following, BatchStatus.PENDING, BatchStatus.RUNNING, "bf_next_worker", now, "logged_next")
+        columns += [
+            func.to_jsonb(following.table_valued()).label("next"),
+            select(func.count()).select_from(logged_next).scalar_subquery().label("logged_next"),
+        ]
+        joined = joined.outerjoin(following, true())
+    return select(*columns).select_from(joined)
+
+
+def _logged(source: CTE, before: BatchStatus, after: BatchStatus, worker: str, now: Any, name: str) -> CTE:
+    """The event of the batch move ``source`` returned, inserted by the same statement."""
+    ev = tables.events
+    return (
+        ev.insert()
+        .from_select(
+            ["run_id", "batch_id", "before", "after", "worker", "error", "at"],
+            select(
+                source.c.run_id,
+                source.c.id,
+                literal(before.value, ev.c.before.type),
+                literal(after.value, ev.c.after.type),
+                bindparam(worker, type_=ev.c.worker.type),
+                null(),
+                now,
+            ),
+        )
+        .returning(ev.c.id)
+        .cte(name)
+    )
+
+
+def carrying(run: Any) -> list[ColumnElement[bool]]:
+    """A run whose next batch may be claimed in the statement completing this one: running,
+    not held, and not under a rate cap (a capped claim goes through the cap's schedule)."""
+    return [run.status == RunStatus.RUNNING.value, run.held_reason.is_(None), run.max_rows_per_second == 0]
