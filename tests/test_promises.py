@@ -17,7 +17,8 @@ from backfill import App, Registry, RunStatus
 from backfill.errors import RunStateError
 from backfill.events import Event
 from backfill.executor import Outcome
-from backfill.store import Store
+from backfill.planner import Planner
+from backfill.store import Claim, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
@@ -164,6 +165,34 @@ def test_no_event_is_logged_for_a_transaction_that_rolled_back(db: Database, cap
         with store.transaction(connection):  # the next transaction on the same connection
             store._record(connection, Event("counter_int", run.id, RunStatus.RUNNING, RunStatus.RUNNING))
     assert log_lines(caplog) == ["run running -> running"]
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
+def test_a_batch_whose_transaction_rolls_back_logs_nothing_later(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch's completion queues its events on the batch's own transaction (on PostgreSQL in
+    the one completing statement). Rolled back, they are gone: the next commit on the same
+    connection (a chain's next batch) or the same pooled connection does not log them."""
+    caplog.set_level(logging.DEBUG, logger="backfill.events")
+    counters.fill(db.engine, items, list(range(1, 11)))
+    app = db.app()
+    run = app.start("counter_int")
+    Planner(app.store, app.targets).tick(run)
+    claim = app.store.claim(run, None, "worker-1", 60.0)
+    assert isinstance(claim, Claim), claim
+    caplog.clear()
+    with db.engine.connect() as connection:  # a chain's connection: batch after batch on it
+        with pytest.raises(RuntimeError), connection.begin():
+            assert app.store.complete(connection, claim, rows_affected=10, duration_ms=1.0).refusal is None
+            raise RuntimeError("the batch's commit never happens")
+        with connection.begin():
+            connection.execute(select(1))
+    for _ in range(6):  # and whichever pooled connection it was, the next commits on it
+        with db.engine.connect() as connection, connection.begin():
+            connection.execute(select(1))
+    app.store.pause(run)
+    assert log_lines(caplog) == ["run running -> paused"]
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"], indirect=True)
