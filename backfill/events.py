@@ -14,18 +14,23 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from backfill.status import BatchStatus, RunStatus
+
 LOG_FORMAT_ENV = "BACKFILL_LOG_FORMAT"
 LOG_LEVEL_ENV = "BACKFILL_LOG_LEVEL"
 
 logger = logging.getLogger("backfill.events")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
+    """One move of a run or a batch (``batch_id`` set), by whom (``worker``: a worker, or an
+    operator such as ``cli:ann@host`` or ``dashboard``), and why (``error``: an error or a note)."""
+
     backfill: str
     run_id: int
-    after: str
-    before: str | None = None
+    after: RunStatus | BatchStatus
+    before: RunStatus | BatchStatus | None = None
     batch_id: int | None = None
     seq: int | None = None
     worker: str | None = None

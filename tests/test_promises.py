@@ -159,11 +159,17 @@ def test_no_event_is_logged_for_a_transaction_that_rolled_back(db: Database, cap
     caplog.clear()
     with store.connect() as connection:
         with pytest.raises(RuntimeError), store.transaction(connection):
-            store._record(connection, Event("counter_int", run.id, RunStatus.PAUSED, RunStatus.RUNNING))
+            store._record(
+                connection,
+                Event(backfill="counter_int", run_id=run.id, after=RunStatus.PAUSED, before=RunStatus.RUNNING),
+            )
             raise RuntimeError("the commit never happens")
         assert not log_lines(caplog)
         with store.transaction(connection):  # the next transaction on the same connection
-            store._record(connection, Event("counter_int", run.id, RunStatus.RUNNING, RunStatus.RUNNING))
+            store._record(
+                connection,
+                Event(backfill="counter_int", run_id=run.id, after=RunStatus.RUNNING, before=RunStatus.RUNNING),
+            )
     assert log_lines(caplog) == ["run running -> running"]
 
 

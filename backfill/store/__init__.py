@@ -3,9 +3,10 @@
 Each move is one guarded statement (``WHERE status IN ...``, or the lease token a claim handed
 out), along an edge of ``backfill.transitions``, so two processes racing for the same move cannot
 both win: the loser sees a rowcount of zero. That is what makes a duplicate delivery, a second
-planner or a resumed runner harmless. The package is one ``Store``, in parts: ``runs`` (a run's
-life), ``planning`` (adding batches), ``leases`` (batches in workers' hands), ``completion`` (how a claim ends; on
-PostgreSQL in one statement, ``completion_sql``) and ``reads``.
+planner or a resumed runner harmless. The package is one ``Store``, in parts: ``runs`` (a
+run's life), ``retries`` (an operator's retry), ``planning`` (adding batches), ``leases``
+(batches in workers' hands), ``completion`` (how a claim ends; on PostgreSQL in one statement,
+``completion_sql``) and ``reads``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from backfill.store.records import (
     new_run_values,
     utcnow,
 )
-from backfill.store.runs import RunsMixin
+from backfill.store.retries import RetriesMixin
 
 
-class Store(RunsMixin, PlanningMixin, CompletionMixin, ReadsMixin):
+class Store(RetriesMixin, PlanningMixin, CompletionMixin, ReadsMixin):
     """The checkpoint tables, through an engine or through one borrowed connection (see
     ``StoreBase``); ``time`` says whose clock stamps and compares its times (the database's)."""
 

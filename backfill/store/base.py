@@ -181,7 +181,9 @@ class StoreBase:
                 .values({**batch_values(batch.run_id, next_seq, batch.phase, span), "created_at": self.now()})
                 .returning(batches.c.id)
             ).scalar_one()
-            changes.append(Event(backfill, batch.run_id, BatchStatus.PENDING, None, new_id, next_seq))
+            changes.append(
+                Event(backfill=backfill, run_id=batch.run_id, after=BatchStatus.PENDING, batch_id=new_id, seq=next_seq)
+            )
             next_seq += 1
         return next_seq
 

@@ -181,7 +181,13 @@ class CompletionMixin(LeasesMixin):
                 stop = self._move_run(claim.batch.run_id, STOP, last_error=stop_run)
                 if conn.execute(stop).rowcount:
                     changes.append(
-                        Event(claim.backfill, claim.batch.run_id, STOP.target, RunStatus.RUNNING, error=stop_run)
+                        Event(
+                            backfill=claim.backfill,
+                            run_id=claim.batch.run_id,
+                            after=STOP.target,
+                            before=RunStatus.RUNNING,
+                            error=stop_run,
+                        )
                     )
             self._record(conn, *changes)
 

@@ -293,4 +293,13 @@ class LeasesMixin(StoreBase):
 
 
 def _batch_event(run: Run, batch_id: int, seq: int, worker: str | None, after: BatchStatus, error: str) -> Event:
-    return Event(run.name, run.id, after, BatchStatus.RUNNING, batch_id, seq, worker, error)
+    return Event(
+        backfill=run.name,
+        run_id=run.id,
+        after=after,
+        before=BatchStatus.RUNNING,
+        batch_id=batch_id,
+        seq=seq,
+        worker=worker,
+        error=error,
+    )

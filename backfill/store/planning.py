@@ -75,7 +75,10 @@ class PlanningMixin(StoreBase):
 
     @staticmethod
     def _planned_events(run: Run, ids: Sequence[int], rows: list[dict[str, Any]]) -> list[Event]:
-        return [Event(run.name, run.id, BatchStatus.PENDING, None, i, r["seq"]) for i, r in zip(ids, rows, strict=True)]
+        return [
+            Event(backfill=run.name, run_id=run.id, after=BatchStatus.PENDING, batch_id=i, seq=r["seq"])
+            for i, r in zip(ids, rows, strict=True)
+        ]
 
     def mark_planned_all(self, run: Run) -> bool:
         """The phase has no keys left to plan: only while nobody moved the run on since."""

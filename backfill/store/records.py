@@ -157,7 +157,16 @@ class Claim:
     def event(
         self, after: BatchStatus, before: BatchStatus | None = BatchStatus.RUNNING, error: str | None = None
     ) -> Event:
-        return Event(self.backfill, self.batch.run_id, after, before, self.batch.id, self.batch.seq, self.worker, error)
+        return Event(
+            backfill=self.backfill,
+            run_id=self.batch.run_id,
+            after=after,
+            before=before,
+            batch_id=self.batch.id,
+            seq=self.batch.seq,
+            worker=self.worker,
+            error=error,
+        )
 
 
 class Refusal(enum.Enum):

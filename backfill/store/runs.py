@@ -1,9 +1,9 @@
 """Runs: recording them, and every move of a run's status — by planners (activate, hold, adapt,
-conclude, stop) and by operators (pause, resume, cancel, tune, retry)."""
+conclude, stop) and by operators (pause, resume, cancel, tune; retry: ``retries``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, case, exists, func, select, true, update
@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from backfill.definition import Backfill, Key, Tuning
 from backfill.errors import RunStateError
 from backfill.events import Event
-from backfill.keyset import Span, encode_key
+from backfill.keyset import encode_key
 from backfill.status import BatchStatus, Phase, RunStatus
 from backfill.store.base import StoreBase, batches, runs
-from backfill.store.records import BatchRecord, Run, new_run_values
-from backfill.transitions import Move, batch_move, run_move
+from backfill.store.records import Run, new_run_values
+from backfill.transitions import Move, run_move
 
 PENDING, RUNNING, PAUSED = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.PAUSED
 ACTIVATE = run_move(PENDING, to=RUNNING)
@@ -26,9 +26,6 @@ RESUME_UNSTARTED = run_move(PAUSED, to=PENDING)
 CANCEL = run_move(PENDING, RUNNING, PAUSED, to=RunStatus.CANCELLED)
 FINISH = run_move(RUNNING, to=RunStatus.FINISHED)
 STOP = run_move(RUNNING, to=RunStatus.FAILED)
-REOPEN = run_move(RunStatus.FAILED, to=RUNNING)
-RETRY_BATCH = batch_move(BatchStatus.FAILED, to=BatchStatus.PENDING)
-SPLIT_FAILED = batch_move(BatchStatus.FAILED, to=BatchStatus.SPLIT)
 
 OPEN = [BatchStatus.PENDING.value, BatchStatus.RUNNING.value]
 
@@ -48,7 +45,7 @@ class RunsMixin(StoreBase):
         try:
             with self._borrowed_or_new(connection) as conn:
                 run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
-                self._record(conn, Event(definition.name, run_id, RunStatus.PENDING))
+                self._record(conn, Event(backfill=definition.name, run_id=run_id, after=RunStatus.PENDING))
                 return self._run(conn, run_id)
         except IntegrityError:
             active = self.active_run(definition.name, connection=connection)
@@ -121,7 +118,17 @@ class RunsMixin(StoreBase):
                 statement = statement.where(guard)
             if not conn.execute(statement).rowcount:
                 return None
-            self._record(conn, Event(before.name, run_id, move.target, before=before.status, worker=actor, error=error))
+            self._record(
+                conn,
+                Event(
+                    backfill=before.name,
+                    run_id=run_id,
+                    after=move.target,
+                    before=before.status,
+                    worker=actor,
+                    error=error,
+                ),
+            )
             return self._run(conn, run_id)
 
     def activate(self, run: Run, *, end: Key | None, rows_total: int, estimated: bool) -> Run | None:
@@ -148,7 +155,9 @@ class RunsMixin(StoreBase):
             if not conn.execute(self._move_run(run.id, move).where(runs.c.status == PAUSED.value)).rowcount:
                 return None
             self._forget_dispatches(conn, run.id)
-            self._record(conn, Event(current.name, run.id, move.target, before=PAUSED, worker=actor))
+            self._record(
+                conn, Event(backfill=current.name, run_id=run.id, after=move.target, before=PAUSED, worker=actor)
+            )
             return self._run(conn, run.id)
 
     @staticmethod
@@ -180,7 +189,9 @@ class RunsMixin(StoreBase):
                 return None
             if not conn.execute(self._move_run(run.id, STOP, last_error=error)).rowcount:
                 return None
-            self._record(conn, Event(current.name, run.id, STOP.target, RUNNING, error=error))
+            self._record(
+                conn, Event(backfill=current.name, run_id=run.id, after=STOP.target, before=RUNNING, error=error)
+            )
             return self._run(conn, run.id)
 
     def conclude(self, run: Run, catchup_cursor: Key | None) -> Run:
@@ -205,7 +216,10 @@ class RunsMixin(StoreBase):
                 error = current.last_error or f"{failed} batch(es) failed"
                 statement = self._move_run(run.id, STOP, last_error=error).where(*ready)
                 if conn.execute(statement).rowcount:
-                    self._record(conn, Event(current.name, run.id, STOP.target, RUNNING, error=error))
+                    self._record(
+                        conn,
+                        Event(backfill=current.name, run_id=run.id, after=STOP.target, before=RUNNING, error=error),
+                    )
             elif current.phase is Phase.MAIN:
                 begun = conn.execute(
                     update(runs)
@@ -220,13 +234,15 @@ class RunsMixin(StoreBase):
                 ).rowcount
                 if begun:
                     note = f"final pass: {current.final_pass.value.replace('_', ' ')}"
-                    self._record(conn, Event(current.name, run.id, RUNNING, RUNNING, error=note))
+                    self._record(
+                        conn, Event(backfill=current.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note)
+                    )
             else:
                 statement = self._move_run(
                     run.id, FINISH, rows_total=runs.c.rows_done, rows_total_estimated=False
                 ).where(runs.c.phase == Phase.CATCHUP.value, *ready, ~has_failed_batch(run.id))
                 if conn.execute(statement).rowcount:
-                    self._record(conn, Event(current.name, run.id, FINISH.target, RUNNING))
+                    self._record(conn, Event(backfill=current.name, run_id=run.id, after=FINISH.target, before=RUNNING))
             return self._run(conn, run.id)
 
     def hold(self, run: Run, reason: str | None) -> Run:
@@ -245,7 +261,7 @@ class RunsMixin(StoreBase):
             ).rowcount
             if changed and reason != run.held_reason:
                 note = f"held: {reason}" if reason else f"released after: {run.held_reason}"
-                self._record(conn, Event(run.name, run.id, RUNNING, RUNNING, error=note))
+                self._record(conn, Event(backfill=run.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note))
             return self._run(conn, run.id)
 
     def tune(self, run: Run, settings: Mapping[str, Any], *, actor: str | None = None) -> Run:
@@ -261,7 +277,12 @@ class RunsMixin(StoreBase):
                 raise RunStateError(f"backfill '{run.name}': run {run.id} is over; nothing to tune")
             tuned = self._run(conn, run.id)
             note = "tuned: " + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
-            self._record(conn, Event(run.name, run.id, tuned.status, tuned.status, worker=actor, error=note))
+            self._record(
+                conn,
+                Event(
+                    backfill=run.name, run_id=run.id, after=tuned.status, before=tuned.status, worker=actor, error=note
+                ),
+            )
             return tuned
 
     def adapt_batch_size(self, run: Run, size: int) -> bool:
@@ -275,73 +296,6 @@ class RunsMixin(StoreBase):
                     .values(batch_size=size, updated_at=self.now())
                 ).rowcount
             )
-
-    def reopen_failed(
-        self, run: Run, splits: Mapping[int, Sequence[Span]] | None = None, *, actor: str | None = None
-    ) -> tuple[Run, int]:
-        """Re-queue the failed batches of a run and make it running again (``backfill retry``).
-
-        A failed batch named in ``splits`` is replaced by new batches over those spans of its
-        keys (smaller ones, to get past a timeout or isolate a bad row), and marked split. Done
-        under the run row's lock, counting only the batches this call moved: two operators
-        retrying at once re-queue each batch once, and the counters stay what the batches say.
-        """
-        splits = splits or {}
-        with self.begin() as conn:
-            self._lock_run(conn, run.id)
-            current = self._run(conn, run.id)
-            if current.status not in (RUNNING, PAUSED, RunStatus.FAILED):
-                raise RunStateError(
-                    f"backfill '{run.name}': run {run.id} is {current.status}; there is nothing to retry"
-                )
-            failed = [
-                BatchRecord.from_row(r)
-                for r in conn.execute(
-                    select(batches)
-                    .where(batches.c.run_id == run.id, batches.c.status == BatchStatus.FAILED.value)
-                    .order_by(batches.c.seq)
-                )
-            ]
-            changes: list[Event] = []
-            next_seq = current.next_seq
-            requeued = 0
-            for batch in failed:
-                spans = splits.get(batch.id)
-                move = SPLIT_FAILED if spans else RETRY_BATCH
-                moved = conn.execute(
-                    self._move_batches(move, attempts=0, lease_token=None, dispatched_at=None, finished_at=None).where(
-                        batches.c.id == batch.id
-                    )
-                ).rowcount
-                if not moved:
-                    continue
-                requeued += 1
-                changes.append(Event(run.name, run.id, move.target, BatchStatus.FAILED, batch.id, batch.seq, actor))
-                next_seq = self._add_batches(conn, run.name, batch, spans or (), next_seq, changes)
-            if not requeued and current.status is not RunStatus.FAILED:
-                raise RunStateError(
-                    f"backfill '{run.name}' has no failed batches to retry (run {run.id} is {current.status})"
-                )
-            values: dict[str, Any] = {
-                "batches_failed": runs.c.batches_failed - requeued,
-                "next_seq": next_seq,
-                "updated_at": self.now(),
-            }
-            statement = update(runs).where(runs.c.id == run.id).values(values)
-            if current.status is RunStatus.FAILED:
-                statement = self._move_run(run.id, REOPEN, **values).values(
-                    active_name=run.name, finished_at=None, last_error=None
-                )
-                changes.append(Event(run.name, run.id, RUNNING, RunStatus.FAILED, worker=actor))
-            try:
-                conn.execute(statement)
-                self._forget_dispatches(conn, run.id)
-            except IntegrityError:
-                raise RunStateError(
-                    f"backfill '{run.name}' has a newer active run: retry that one, or cancel it first"
-                ) from None
-            self._record(conn, *changes)
-            return self._run(conn, run.id), requeued
 
 
 def _already_active(run: Run) -> str:
