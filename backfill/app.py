@@ -105,7 +105,7 @@ class App:
 
     def start(self, name: str, **overrides: Any) -> Run:
         """Record a run and fix its end; workers (or ``run``) do the batches."""
-        definition = self.definitions[name]
+        definition = self.definitions.require(name)
         tuning = definition.tuning.replace(overrides)
         self.store.check_tables()
         self.targets.get(name)
@@ -131,7 +131,7 @@ class App:
     ) -> Run:
         """Run a backfill to its end in this process, continuing its active run if it has one
         (with ``overrides``, that run is tuned first, as ``tune`` would)."""
-        self.definitions[name]
+        self.definitions.require(name)
         self.store.check_tables()
         run = self.store.active_run(name)
         if run is None:
@@ -182,7 +182,7 @@ class App:
             raise RunStateError(f"backfill '{name}' has no failed batches to retry (run {run.id} is {run.status})")
         splits: dict[int, list[Span]] = {}
         if split:
-            known = name in self.definitions.definitions
+            known = name in self.definitions
             with self.store.reading() as connection:
                 for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
                     if known:
@@ -219,7 +219,7 @@ class App:
 
     def estimate(self, name: str, *, samples: int = 3, **overrides: Any) -> Estimate:
         """Time a few batches in transactions that are rolled back; nothing is recorded."""
-        definition = self.definitions[name]
+        definition = self.definitions.require(name)
         return estimate(self.store, self.targets.get(name), definition.tuning.replace(overrides), samples=samples)
 
     def details(self, name: str) -> RunDetails:
@@ -241,8 +241,8 @@ class App:
     # -- helpers ------------------------------------------------------------------------------
 
     def _check_name(self, name: str) -> None:
-        if name not in self.definitions.definitions and self.store.latest_run(name) is None:
-            self.definitions[name]
+        if name not in self.definitions and self.store.latest_run(name) is None:
+            self.definitions.require(name)
 
     def _latest(self, name: str) -> Run:
         self._check_name(name)

@@ -117,7 +117,7 @@ def list_command(ctx: click.Context) -> None:
     registry = load(ctx.obj["app"], needed_by="backfill list")
     table = Table("name", "table", "key", "batch size", "parallelism", "description", box=None)
     for name in registry:
-        d = registry[name]
+        d = registry.require(name)
         where = f"{d.schema}.{d.table}" if d.schema else d.table
         table.add_row(name, where, ", ".join(d.key), str(d.tuning.batch_size), str(d.tuning.parallelism), d.description)
     console.print(table)

@@ -26,6 +26,11 @@ class Registry(Mapping[str, Backfill]):
     source: str = ""
 
     def __getitem__(self, name: str) -> Backfill:
+        return self.definitions[name]
+
+    def require(self, name: str) -> Backfill:
+        """The definition named ``name``, or one clear error naming what is defined and where.
+        (Indexing keeps a mapping's ``KeyError``, so ``in`` and ``get`` behave as on a dict.)"""
         try:
             return self.definitions[name]
         except KeyError:

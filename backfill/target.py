@@ -7,7 +7,6 @@ anything, so a wrong name or a non-unique key is one clear error and no change.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from backfill.definition import Backfill, Batch, Key
 from backfill.errors import TargetError
 from backfill.failures import error_text
 from backfill.keyset import KEY_TYPES, Span, decode_key
+from backfill.registry import Registry
 from backfill.status import Phase
 from backfill.store.records import BatchRecord, Run
 
@@ -176,7 +176,7 @@ class Targets:
     Reflection costs several catalog queries: the per-batch path must not pay it.
     """
 
-    def __init__(self, bind: Engine | Connection, definitions: Mapping[str, Backfill]) -> None:
+    def __init__(self, bind: Engine | Connection, definitions: Registry) -> None:
         self.bind = bind
         self.definitions = definitions
         self._resolved: dict[str, Target] = {}
@@ -189,9 +189,9 @@ class Targets:
                 target = self._resolved.get(name)
                 if target is None:
                     if isinstance(self.bind, Connection):
-                        target = resolve(self.bind, self.definitions[name])
+                        target = resolve(self.bind, self.definitions.require(name))
                     else:
                         with self.bind.connect() as connection:
-                            target = resolve(connection, self.definitions[name])
+                            target = resolve(connection, self.definitions.require(name))
                     self._resolved[name] = target
         return target
