@@ -4,6 +4,8 @@ it differently, in codes of its own; tenacity retries what is transient."""
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -110,10 +112,44 @@ def retried(call: Callable[[], T], sleep: Callable[[float], None] = time.sleep) 
     raise AssertionError("unreachable: the last attempt re-raises")
 
 
-def error_text(exc: BaseException, limit: int = 2000) -> str:
+ERROR_DETAIL_ENV = "BACKFILL_ERROR_DETAIL"
+"""``full`` keeps the database's whole message on batch rows, events, logs and status — row
+values included. By default they are left out: a failing row is customer data."""
+
+_MYSQL_VALUES = (
+    re.compile(r"(entry )'.*'( for key )", re.DOTALL),
+    re.compile(r"(value: )'.*'( for column )", re.DOTALL),
+)
+"""MySQL and MariaDB quote the offending value inside the message itself (1062 ``Duplicate
+entry 'a@b.c' for key 'email'``, 1366 ``Incorrect integer value: 'abc' for column ...``)."""
+
+
+def error_text(exc: BaseException, limit: int = 2000, *, full: bool | None = None) -> str:
     """The part of an error worth keeping on a batch row: the driver's message, not SQLAlchemy's
-    wrapping with the whole statement and its parameters."""
+    wrapping with the whole statement and its parameters — and, unless ``full`` (default:
+    ``BACKFILL_ERROR_DETAIL=full``), not the row values the database adds to it: PostgreSQL's
+    ``DETAIL`` (``Failing row contains (...)``, ``Key (email)=(...)``) and the values MySQL
+    quotes. The class, the message and the constraint stay: enough to find the rule a batch broke,
+    and the batch's own key bounds say where."""
     orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else None
-    message = str(orig if orig is not None else exc).strip() or type(exc).__name__
-    name = type(orig if orig is not None else exc).__name__
-    return f"{name}: {message}"[:limit]
+    source = orig if orig is not None else exc
+    name = type(source).__name__
+    if full is None:
+        full = os.environ.get(ERROR_DETAIL_ENV, "").strip().lower() == "full"
+    message = str(source).strip()
+    if not full:
+        message = _without_row_values(source, message)
+    return f"{name}: {message or name}"[:limit]
+
+
+def _without_row_values(source: BaseException, message: str) -> str:
+    diag = getattr(source, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary:  # psycopg: the primary message alone, without DETAIL, CONTEXT or the statement
+        hidden = bool(getattr(diag, "message_detail", None)) or primary.strip() != message
+        return str(primary).strip() + (" (details hidden)" if hidden else "")
+    args: tuple[Any, ...] = tuple(getattr(source, "args", ()))
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):  # PyMySQL, mysqlclient
+        for pattern in _MYSQL_VALUES:
+            message = pattern.sub(r"\1(value hidden)\2", message)
+    return message

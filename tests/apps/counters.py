@@ -54,6 +54,12 @@ items_composite = Table(
 )
 items_uuid = Table("items_uuid", metadata, *_counted(Column("id", Uuid, primary_key=True)))
 poison = Table("poison", metadata, Column("id", Integer, primary_key=True, autoincrement=False))
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("email", String(80), nullable=False, unique=True),
+)
 
 
 def create_tables(engine: Engine) -> None:
@@ -247,6 +253,16 @@ counter_polite = Backfill(
 
 
 # The final pass, with and without a way to tell what is pending.
+contacts_merged = Backfill(
+    name="contacts_merged",
+    table="contacts",
+    key="id",
+    # Every row of a batch gets one address: the second breaks the unique constraint, and the
+    # database names the customer's address in its error.
+    work="UPDATE contacts SET email = 'merged.customer@example.com' WHERE id BETWEEN :first AND :last",
+    tuning=Tuning(batch_size=5, target_batch_seconds=0, max_attempts=1),
+)
+
 counter_noted = Backfill(
     name="counter_noted",
     table="items",
