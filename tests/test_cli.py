@@ -10,7 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
@@ -20,7 +23,7 @@ from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import poison
+from tests.helpers import free_port, poison
 from tests.test_engine import counter_histogram
 
 
@@ -278,3 +281,70 @@ def test_a_definitions_module_that_fails_to_import_is_one_line(db: Database, tmp
         cwd=tmp_path, env={**env, "BACKFILL_LOG_LEVEL": "DEBUG"}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "Traceback" in debug.stderr
+
+
+def test_every_command_on_every_database(db: Database) -> None:
+    """The whole command set, as an operator strings it together, on SQLite, PostgreSQL and
+    MariaDB: estimate, start, pause, resume, tune, run (a batch fails), retry, run, wait,
+    metrics, then a new run cancelled. Every row is processed exactly once."""
+    from tests.test_operating import background
+
+    counters.fill(db.engine, items, list(range(1, 301)))
+    poison(db, 120)
+
+    def status() -> dict[str, Any]:
+        return dict(json.loads(db.cli("status", "poisoned", "--json").stdout))
+
+    estimate = db.cli("estimate", "poisoned", "--samples", "2", "--json")
+    assert estimate.returncode == 0, estimate.stderr
+    assert json.loads(estimate.stdout)["rows"] == 300
+    assert counter_histogram(db, items) == {0: 300}  # an estimate changes nothing
+
+    assert db.cli("start", "poisoned").returncode == 0
+    assert db.cli("pause", "poisoned").returncode == 0 and status()["status"] == "paused"
+    assert db.cli("resume", "poisoned").returncode == 0
+    tuned = db.cli("tune", "poisoned", "--batch-size", "25")
+    assert tuned.returncode == 0, tuned.stderr
+    assert status()["batch_size"] == 25
+
+    assert db.cli("run", "poisoned", "--no-progress").returncode == 1
+    failed = status()
+    assert failed["status"] == "failed" and failed["batches_failed"] == 1
+    poison(db)
+    assert db.cli("retry", "poisoned").returncode == 0
+    finished = db.cli("run", "poisoned", "--no-progress")
+    assert finished.returncode == 0, finished.stderr
+    assert db.cli("wait", "poisoned", "--timeout", "10").returncode == 0
+    assert counter_histogram(db, items) == {1: 300}
+
+    port = free_port()
+    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
+    try:
+        body = str(wait_for(lambda: _fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert 'backfill_run_status{backfill="poisoned",run="1",status="finished"} 1.0' in body
+
+    assert db.cli("start", "poisoned").returncode == 0
+    assert db.cli("cancel", "poisoned").returncode == 0 and status()["status"] == "cancelled"
+    assert db.cli("wait", "poisoned", "--timeout", "10").returncode == 1
+    assert counter_histogram(db, items) == {1: 300}
+
+
+def _fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
