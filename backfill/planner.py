@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
-from backfill import failures, health, keyset
+from backfill import failures, health, keyset, sizing
 from backfill.clock import SYSTEM_CLOCK, Clock
 from backfill.definition import Key
 from backfill.errors import AppError, PlanningError, TargetError
@@ -34,14 +34,8 @@ RATE_BURST_SECONDS = 0.5
 over any window within a fraction of a second's worth."""
 ADAPT_EVERY = 2
 """Batches between two adjustments of the batch size."""
-GROW_AT_MOST = 4.0
-SHRINK_AT_MOST = 2.0
-"""How far one adjustment moves the batch size: up by at most x4 (a batch far below its target
-duration holds nobody up, and a run spends less of itself on small batches), down by at most
-half (a batch over its target holds locks longer than meant: the size comes down at once, but
-one slow batch does not halve it twice)."""
 ADAPT_WINDOW = 8
-EMA_ALPHA = 0.3
+"""Recent batches whose time per row the next size is computed from (``sizing.ms_per_row``)."""
 
 
 @dataclass(frozen=True)
@@ -211,13 +205,10 @@ class Planner:
         return reason
 
     def _adapt(self, run: Run) -> Run:
-        """Steer the batch size towards the target batch duration.
-
-        An exponential moving average of the recent batches' time per row (newest weighing
-        most) gives the size that would take ``target_batch_seconds``; the size moves there by
-        at most x4 up or half down per step, within [min_batch_size, max_batch_size], and only
-        when it would change by more than a tenth — so one slow batch does not whipsaw it. The
-        write is guarded by the size it started from: an operator's ``tune`` always wins.
+        """Steer the batch size towards the target batch duration, every ADAPT_EVERY batches
+        of the main sweep, from the time per row of the last ADAPT_WINDOW (the policy itself:
+        ``sizing.next_batch_size``). The write is guarded by the size it started from: an
+        operator's ``tune`` always wins.
         """
         tuning = run.tuning
         if not tuning.target_batch_seconds or run.phase is not Phase.MAIN:
@@ -225,17 +216,16 @@ class Planner:
         if run.batches_done - self._adapted_at.get(run.id, 0) < ADAPT_EVERY:
             return run
         self._adapted_at[run.id] = run.batches_done
-        recent = [b for b in reversed(self.store.recent_batches(run.id, ADAPT_WINDOW)) if b.rows and b.duration_ms]
-        if len(recent) < ADAPT_EVERY:
+        recent = [
+            (b.rows, b.duration_ms)
+            for b in reversed(self.store.recent_batches(run.id, ADAPT_WINDOW))
+            if b.rows and b.duration_ms
+        ]
+        per_row = sizing.ms_per_row(recent)
+        if len(recent) < ADAPT_EVERY or per_row is None:
             return run
-        ema = recent[0].duration_ms / recent[0].rows  # type: ignore[operator]
-        for batch in recent[1:]:
-            ema = EMA_ALPHA * (batch.duration_ms / batch.rows) + (1 - EMA_ALPHA) * ema  # type: ignore[operator]
-        ideal = tuning.target_batch_seconds * 1000 / max(ema, 1e-6)
-        size = tuning.batch_size
-        proposed = min(max(ideal, size / SHRINK_AT_MOST), size * GROW_AT_MOST)
-        proposed = int(min(max(proposed, tuning.min_batch_size), tuning.max_batch_size))
-        if abs(proposed - size) <= size / 10 or not self.store.adapt_batch_size(run, proposed):
+        proposed = sizing.next_batch_size(tuning.batch_size, per_row, tuning)
+        if proposed == tuning.batch_size or not self.store.adapt_batch_size(run, proposed):
             return run
         return dataclasses.replace(run, tuning=dataclasses.replace(tuning, batch_size=proposed))
 

@@ -1,0 +1,57 @@
+"""How big the next batches are: the size that would take ``target_batch_seconds`` at the time
+per row the recent batches took, reached in bounded steps.
+
+Pure arithmetic on numbers the planner reads from the store, kept apart from it so the policy
+can be checked on its own (``tests/unit/test_sizing.py``) without a database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from backfill.definition import Tuning
+
+GROW_AT_MOST = 4.0
+SHRINK_AT_MOST = 2.0
+"""How far one adjustment moves the batch size: up by at most x4 (a batch far below its target
+duration holds nobody up, and a run spends less of itself on small batches), down by at most
+half (a batch over its target holds locks longer than meant: the size comes down at once, but
+one slow batch does not halve it twice)."""
+EMA_ALPHA = 0.3
+"""Each newer batch moves the time per row by this share of its distance from it: one outlier
+moves it by less than a third, and over a full window the newest batch weighs most."""
+SETTLED = 0.1
+"""A change of at most this share of the size is not made: one slow batch does not whipsaw it."""
+
+
+def ms_per_row(recent: Iterable[tuple[int, float]]) -> float | None:
+    """The exponential moving average of milliseconds per row over ``(rows, duration_ms)`` of
+    recent batches, oldest first; None when none of them did rows in a measurable time."""
+    average: float | None = None
+    for rows, duration_ms in recent:
+        if rows <= 0 or duration_ms <= 0:
+            continue
+        per_row = duration_ms / rows
+        average = per_row if average is None else EMA_ALPHA * per_row + (1 - EMA_ALPHA) * average
+    return average
+
+
+def next_batch_size(size: int, ms_per_row: float, tuning: Tuning) -> int:
+    """The batch size after ``size`` for batches taking ``ms_per_row`` milliseconds a row.
+
+    It moves towards the size that would take ``tuning.target_batch_seconds``, by at most x4 up
+    and half down, never past that size, and always ends within [min_batch_size,
+    max_batch_size] (the bounds win over the step limits for a size an operator set outside
+    them). A move of at most a tenth of the size is not made. Without a target the size is
+    kept.
+    """
+    if not tuning.target_batch_seconds:
+        return size
+    ideal = tuning.target_batch_seconds * 1000 / max(ms_per_row, 1e-6)
+    stepped = round(min(max(ideal, math.ceil(size / SHRINK_AT_MOST)), size * GROW_AT_MOST))
+    proposed = min(max(stepped, tuning.min_batch_size), tuning.max_batch_size)
+    in_bounds = tuning.min_batch_size <= size <= tuning.max_batch_size
+    if in_bounds and abs(proposed - size) <= size * SETTLED:
+        return size
+    return proposed
