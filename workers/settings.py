@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from backfill.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -30,19 +33,41 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        def number(name: str, default: float) -> float:
-            return float(env[name]) if env.get(name) else default
+        """The settings from ``BACKFILL_*`` variables (unset or empty: the default). A value
+        that is not what its variable takes is a ``ConfigurationError`` naming the variable,
+        so ``backfill worker`` says which one in a line rather than failing in Celery."""
+
+        def seconds(name: str, default: float, *, zero: bool = True) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+                least = "0 or more" if zero else "more than 0"
+                raise ConfigurationError(f"{name} must be a number of seconds, {least}: got {raw!r}")
+            return value
+
+        def port(name: str) -> int | None:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return None
+            if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+                raise ConfigurationError(f"{name} must be a port number from 1 to 65535: got {raw!r}")
+            return int(raw)
 
         defaults = cls()
         return cls(
             broker_url=env.get("BACKFILL_BROKER_URL") or defaults.broker_url,
             queue=env.get("BACKFILL_QUEUE") or defaults.queue,
             key_prefix=env.get("BACKFILL_REDIS_PREFIX", defaults.key_prefix),
-            tick_seconds=number("BACKFILL_TICK_SECONDS", defaults.tick_seconds),
-            redispatch_seconds=number("BACKFILL_REDISPATCH_SECONDS", defaults.redispatch_seconds),
-            chain_seconds=number("BACKFILL_CHAIN_SECONDS", defaults.chain_seconds),
-            visibility_timeout=number("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout),
-            metrics_port=int(env["BACKFILL_METRICS_PORT"]) if env.get("BACKFILL_METRICS_PORT") else None,
+            tick_seconds=seconds("BACKFILL_TICK_SECONDS", defaults.tick_seconds, zero=False),
+            redispatch_seconds=seconds("BACKFILL_REDISPATCH_SECONDS", defaults.redispatch_seconds, zero=False),
+            chain_seconds=seconds("BACKFILL_CHAIN_SECONDS", defaults.chain_seconds),
+            visibility_timeout=seconds("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout, zero=False),
+            metrics_port=port("BACKFILL_METRICS_PORT"),
         )
 
     @property
