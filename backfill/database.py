@@ -12,6 +12,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from backfill.errors import ConfigurationError
 
 DATABASE_URL_ENV = "BACKFILL_DATABASE_URL"
+CONNECT_TIMEOUT_ENV = "BACKFILL_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 10
+"""Seconds to wait for a server to accept and answer a new connection: a server that takes the
+connection but never answers would otherwise hold a command (``status`` in a deploy script, a
+worker's start) for ever."""
 
 _DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -41,14 +46,28 @@ def parse_url(raw: str | URL | None) -> URL:
         )
     try:
         url = make_url(raw)
-    except ArgumentError:
-        # The text may hold a password: never echo it back.
+        # An unescaped @ in a password leaves the rest of it in the host name, which a failed
+        # lookup would print: refuse it here, as the port that is not a port.
+        if "@" in (url.host or "") or not 1 <= (url.port or 1) <= 65_535:
+            raise ValueError
+    except (ArgumentError, ValueError):
+        # The text may hold a password: never echo any of it back.
         raise ConfigurationError(
-            "the database URL cannot be parsed: expected dialect[+driver]://user:password@host/dbname"
+            "the database URL cannot be parsed: expected dialect[+driver]://user:password@host[:port]/dbname, "
+            "with a numeric port, and @ : / in a user or password written %40 %3A %2F"
         ) from None
     if url.drivername in _DRIVERS:
         url = url.set(drivername=_DRIVERS[url.drivername])
     return url
+
+
+def connect_timeout() -> int:
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT
+    if not raw.isdigit() or not 1 <= int(raw) <= 3600:
+        raise ConfigurationError(f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds from 1 to 3600, got {raw!r}")
+    return int(raw)
 
 
 def display_url(url: URL) -> str:
@@ -59,8 +78,15 @@ def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
-    elif url.get_backend_name() == "postgresql":
-        kwargs.setdefault("pool_size", 16)
+    else:
+        if url.get_backend_name() == "postgresql":
+            kwargs.setdefault("pool_size", 16)
+        if "connect_timeout" not in url.query:
+            kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", connect_timeout())
+            if url.get_backend_name() == "mysql" and "read_timeout" not in url.query:
+                # PyMySQL's connect_timeout covers only the TCP connect; the handshake that
+                # follows waits on read_timeout, which is lifted again once connected.
+                kwargs["connect_args"].setdefault("read_timeout", connect_timeout())
     # No pre-ping: it would add a round trip to every checkout on the per-batch path. A pooled
     # connection that died is a transient error, which the executor and the runner retry.
     try:
@@ -78,7 +104,16 @@ def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
         raise ConfigurationError(f"bad database URL {display_url(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    elif engine.dialect.name in {"mysql", "mariadb"} and "read_timeout" not in url.query:
+        event.listen(engine, "connect", _no_read_timeout_once_connected)
     return engine
+
+
+def _no_read_timeout_once_connected(dbapi_connection: Any, _record: Any) -> None:
+    """A batch's statement may rightly run for longer than a handshake may take: its own limit
+    is the statement timeout (``limits``), not the socket's."""
+    if hasattr(dbapi_connection, "_read_timeout"):
+        dbapi_connection._read_timeout = None
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -6,10 +6,11 @@ values, checked against the database only when a run starts (see ``target.resolv
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 from sqlalchemy import ColumnElement, Executable, TextClause, and_, or_, text
 
@@ -73,6 +74,28 @@ class Batch:
         return and_(row_compare(columns, ">=", self.first), row_compare(columns, "<=", self.last))
 
 
+MAX_COUNT = 2**31 - 1
+"""Batch sizes, attempts and parallelism are stored in 32-bit integer columns."""
+DAY = 86_400.0
+_SECONDS_AND_RATES = (
+    # name, zero not allowed, the most it may be
+    ("statement_timeout", True, DAY),
+    ("lock_timeout", True, DAY),
+    ("target_batch_seconds", False, 3_600.0),
+    ("max_rows_per_second", False, 1e12),
+    ("pause_seconds", False, DAY),
+    ("nice_ratio", False, 1_000.0),
+    ("max_replica_lag", False, DAY),
+    ("max_transaction_age", False, 30 * DAY),
+    ("max_connections_used", False, 1.0),
+)
+"""Time limits above a day are mistakes (PostgreSQL's own limit is under 25 days, in ms)."""
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class Tuning:
     """The knobs a run starts with; a run keeps its own copy, so they can change while it runs.
@@ -120,28 +143,21 @@ class Tuning:
     check)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_failed_ratio, int | float) or not 0 <= self.max_failed_ratio <= 1:
-            raise DefinitionError(f"max_failed_ratio must be between 0 and 1, got {self.max_failed_ratio!r}")
-        for name in (
-            "batch_size",
-            "parallelism",
-            "max_attempts",
-            "min_batches_for_ratio",
-            "min_batch_size",
-            "max_batch_size",
-        ):
+        """Every setting checked before anything is recorded: a NaN, an infinity or a number
+        too large for its column would otherwise be stored on the run and break it mid-way."""
+        ratio = self.max_failed_ratio
+        if not _is_number(ratio) or not 0 <= ratio <= 1:
+            raise DefinitionError(f"max_failed_ratio must be between 0 and 1, got {ratio!r}")
+        for name in ("batch_size", "parallelism", "max_attempts", "min_batches_for_ratio", "min_batch_size",
+                     "max_batch_size"):  # fmt: skip
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise DefinitionError(f"{name} must be a whole number >= 1, got {value!r}")
-        for name in ("statement_timeout", "lock_timeout"):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
+                raise DefinitionError(f"{name} must be a whole number from 1 to {MAX_COUNT:,}, got {value!r}")
+        for name, low_excluded, high in _SECONDS_AND_RATES:
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise DefinitionError(f"{name} must be a number of seconds > 0, got {value!r}")
-        for name in ("target_batch_seconds", "max_rows_per_second", "pause_seconds", "nice_ratio",
-                     "max_replica_lag", "max_transaction_age", "max_connections_used"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise DefinitionError(f"{name} must be a number >= 0, got {value!r}")
+            if not _is_number(value) or value < 0 or (low_excluded and value == 0) or value > high:
+                span = f"above 0 and at most {high:,g}" if low_excluded else f"from 0 to {high:,g}"
+                raise DefinitionError(f"{name} must be a number {span}, got {value!r}")
         if self.min_batch_size > self.max_batch_size:
             raise DefinitionError(f"min_batch_size {self.min_batch_size} is above max_batch_size {self.max_batch_size}")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +55,8 @@ def no_runs(db: Database) -> bool:
         (["pause", "counter_int"], "has no active run"),
         (["retry", "counter_int"], "has never run"),
         (["start", "counter_int", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range"),
+        (["start", "counter_int", "--pause-seconds", "nan"], "pause_seconds must be a number from 0 to 86,400"),
+        (["start", "counter_int", "--batch-size", "3000000000"], "batch_size must be a whole number from 1 to"),
         (["no-such-command"], "No such command 'no-such-command'"),
     ],
 )
@@ -86,6 +90,37 @@ def test_bad_settings_are_one_line(db: Database) -> None:
         assert result.returncode == code, result.stderr
         assert expected in one_error_line(result)
         assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_server_that_never_answers_is_given_up_on(scheme: str) -> None:
+    """A server (or a proxy in front of it) that takes the connection and says nothing must not
+    hold a deploy script's ``status`` for ever: the command gives up after the connect timeout."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def take_and_say_nothing() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=take_and_say_nothing, daemon=True).start()
+    url = f"{scheme}://someone:s3cret-pw@127.0.0.1:{silent.getsockname()[1]}/app"
+    env = {**os.environ, "BACKFILL_APP": "tests.apps.counters", "BACKFILL_CONNECT_TIMEOUT": "2"}
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "backfill", "--database-url", url, "status"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    assert accepted, "the command never reached the server"
+    assert result.returncode == 1
+    assert "cannot connect to" in one_error_line(result)
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert waited < 30  # well short of for ever; the exact figure is the machine's
 
 
 def test_missing_checkpoint_tables_name_the_fix(db: Database) -> None:

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import make_url
 
-from backfill.database import DATABASE_URL_ENV, display_url, make_engine, parse_url
+from backfill.database import (
+    CONNECT_TIMEOUT_ENV,
+    DATABASE_URL_ENV,
+    DEFAULT_CONNECT_TIMEOUT,
+    connect_timeout,
+    display_url,
+    make_engine,
+    parse_url,
+)
 from backfill.errors import ConfigurationError
 from workers.settings import Settings
 
@@ -124,3 +132,31 @@ def test_a_password_is_never_shown() -> None:
 def test_a_url_object_is_taken_as_it_is() -> None:
     url = make_url(f"mysql+pymysql://app:{PASSWORD}@db/app")
     assert parse_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        f"postgresql://app:pa@{PASSWORD}@db.internal/app",  # an @ in the password, not written %40
+        f"postgresql://app:{PASSWORD}@db.internal:port/app",
+        f"postgresql://app:{PASSWORD}@db.internal:99999/app",
+        f"mysql://app:{PASSWORD}@db.internal:-1/app",
+    ],
+)
+def test_a_malformed_url_is_refused_without_showing_any_of_it(given: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        parse_url(given)
+    message = str(raised.value)
+    assert "cannot be parsed" in message and "%40" in message
+    assert PASSWORD not in message and "db.internal" not in message
+
+
+def test_servers_are_given_a_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONNECT_TIMEOUT_ENV, raising=False)
+    assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT
+    monkeypatch.setenv(CONNECT_TIMEOUT_ENV, "3")
+    assert connect_timeout() == 3
+    for bad in ("0", "1.5", "forever", "3601"):
+        monkeypatch.setenv(CONNECT_TIMEOUT_ENV, bad)
+        with pytest.raises(ConfigurationError, match=f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds"):
+            connect_timeout()
