@@ -1,13 +1,14 @@
 """The ``backfill`` command: parse, call one ``App`` method, print.
 
-Exit codes: 0 success, 1 a run failed or was cancelled (or the database is unreachable), 2 a
-usage error. A user's mistake is one line on stderr, never a traceback.
+Exit codes: 0 success, 1 a run failed or was cancelled, or the environment failed (the database
+unreachable or lost, a permission missing, a timeout), 2 a usage error, 3 ``wait`` timed out,
+130 interrupted. A user's mistake or a fault of the environment is one line on stderr
+(``backfill.boundary``); only a bug prints a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import getpass
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,9 +27,10 @@ from rich.table import Table
 
 from backfill import events
 from backfill.app import App
+from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV
 from backfill.display import ProgressBar, details_view, estimate_view, status_table
-from backfill.errors import BackfillError, ConfigurationError, RunFailedError
+from backfill.errors import ConfigurationError, RunFailedError
 from backfill.metrics import serve
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
@@ -36,18 +39,6 @@ from backfill.status import RunStatus
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console()
-
-
-def fail_cleanly(command: F) -> F:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except BackfillError as exc:
-            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +102,6 @@ def tuning_options(command: F) -> F:
 
 @main.command("list")
 @click.pass_context
-@fail_cleanly
 def list_command(ctx: click.Context) -> None:
     """List the backfills the app defines."""
     registry = load(ctx.obj["app"], needed_by="backfill list")
@@ -125,7 +115,6 @@ def list_command(ctx: click.Context) -> None:
 
 @main.command("init-db")
 @click.pass_context
-@fail_cleanly
 def init_db(ctx: click.Context) -> None:
     """Create the checkpoint tables (backfill_runs, backfill_batches, backfill_events)."""
     _app(ctx).init_db()
@@ -136,7 +125,6 @@ def init_db(ctx: click.Context) -> None:
 @click.argument("name")
 @tuning_options
 @click.pass_context
-@fail_cleanly
 def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
     """Start a run for workers to execute."""
     run = _app(ctx, "backfill start").start(name, **overrides)
@@ -151,7 +139,6 @@ def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a live progress bar.")
 @tuning_options
 @click.pass_context
-@fail_cleanly
 def run(ctx: click.Context, /, name: str, threads: int | None, progress: bool, **overrides: Any) -> None:
     """Run a backfill to completion in this process (continues its active run)."""
     app = _app(ctx, "backfill run")
@@ -184,7 +171,6 @@ def report_end(progress: RunProgress) -> None:
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
-@fail_cleanly
 def status(ctx: click.Context, /, name: str | None, as_json: bool) -> None:
     """Show runs: progress, rate, ETA, errors; with NAME, its failed and recent batches too."""
     app = _app(ctx)
@@ -210,7 +196,6 @@ def status(ctx: click.Context, /, name: str | None, as_json: bool) -> None:
     "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between refreshes."
 )
 @click.pass_context
-@fail_cleanly
 def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
     """A live view of one run (until it ends) or of all runs (until Ctrl-C)."""
     app = _app(ctx)
@@ -236,7 +221,6 @@ def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
 @click.argument("names", nargs=-1, required=True)
 @click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 3).")
 @click.pass_context
-@fail_cleanly
 def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -> None:
     """Block until the runs end: exit 0 all finished, 1 one failed or was cancelled, 3 timeout."""
     result = _app(ctx).wait(names, timeout=timeout)
@@ -257,7 +241,6 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @tuning_options
 @click.pass_context
-@fail_cleanly
 def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **overrides: Any) -> None:
     """Time a few batches in rolled-back transactions and predict the run; changes nothing."""
     result = _app(ctx, "backfill estimate").estimate(name, samples=samples, **overrides)
@@ -268,7 +251,6 @@ def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **ov
 @click.argument("name")
 @tuning_options
 @click.pass_context
-@fail_cleanly
 def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
     """Change a running run's settings; batches planned from now on use them."""
     run = _app(ctx).tune(name, actor=_actor(), **overrides)
@@ -283,7 +265,6 @@ def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=9464, show_default=True)
 @click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.pass_context
-@fail_cleanly
 def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
     """Serve Prometheus metrics for every run at http://ADDR:PORT/metrics (until Ctrl-C)."""
     app = _app(ctx)
@@ -304,7 +285,6 @@ def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=8700, show_default=True)
 @click.pass_context
-@fail_cleanly
 def dashboard(ctx: click.Context, /, host: str, port: int) -> None:
     """Serve the web dashboard (read-only unless BACKFILL_DASHBOARD_TOKEN is set), until Ctrl-C."""
     from backfill.dashboard import serve as serve_dashboard
@@ -322,7 +302,6 @@ def _operator(verb: str, help_text: str) -> None:
     @main.command(verb, help=help_text)
     @click.argument("name")
     @click.pass_context
-    @fail_cleanly
     def command(ctx: click.Context, name: str) -> None:
         run = getattr(_app(ctx), verb)(name, actor=_actor())
         click.echo(f"{name}: run {run.id} is {run.status}")
@@ -337,7 +316,6 @@ _operator("cancel", "Stop a run for good and mark it cancelled.")
 @click.argument("name")
 @click.option("--split", is_flag=True, help="Cut each failed batch into two smaller ones.")
 @click.pass_context
-@fail_cleanly
 def retry(ctx: click.Context, /, name: str, split: bool) -> None:
     """Re-queue the failed batches; a failed run becomes running again."""
     run, requeued = _app(ctx).retry(name, split=split, actor=_actor())
@@ -352,7 +330,6 @@ def retry(ctx: click.Context, /, name: str, split: bool) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-@fail_cleanly
 def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker that runs batches (extra arguments go to Celery)."""
     _export(ctx, "backfill worker")
@@ -374,7 +351,6 @@ def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-@fail_cleanly
 def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start the periodic tick (Celery beat) that plans and sends batches for every run."""
     _export(ctx, "backfill scheduler")
@@ -403,5 +379,16 @@ def entry_point() -> None:
         where = exc.ctx.command_path if exc.ctx is not None else "backfill"
         click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
         sys.exit(2)
-    except click.Abort:
+    except click.ClickException as exc:
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except Exception as exc:
+        verdict = judge(exc)
+        if verdict.cause is Cause.BUG:
+            traceback.print_exc()
+            click.echo(f"error: {bug_report_line(exc)}", err=True)
+        else:
+            click.echo(f"error: {verdict.message}", err=True)
+        sys.exit(verdict.exit_code)

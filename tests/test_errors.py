@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+import subprocess
+from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import make_url, select, text
 
 from backfill import tables
 from tests.apps.counters import contacts
 from tests.conftest import Database
+from tests.test_cli import one_error_line
 
 
 def test_no_row_data_in_errors_unless_asked(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,3 +43,72 @@ def test_no_row_data_in_errors_unless_asked(db: Database, monkeypatch: pytest.Mo
     detail = json.loads(db.cli("status", "contacts_merged", "--json").stdout)
     if db.dialect != "sqlite":  # SQLite names the column, never the value
         assert "merged.customer@example.com" in detail["last_error"], detail["last_error"]
+
+
+def no_checkpoint_tables(db: Database) -> bool:
+    return not any(sa_inspect(db.engine).has_table(t.name) for t in tables.metadata.sorted_tables)
+
+
+def test_a_table_of_our_name_that_is_not_ours_is_refused(db: Database) -> None:
+    """An unrelated ``backfill_runs`` is neither reported "ready" nor read as checkpoints."""
+    db.app().store.drop_tables()
+    with db.engine.begin() as connection:
+        connection.execute(text("CREATE TABLE backfill_runs (id INTEGER PRIMARY KEY, note VARCHAR(20))"))
+    for command in ("init-db", "status"):
+        result = db.cli(command)
+        assert result.returncode == 2, result.stderr
+        assert "a table named 'backfill_runs' exists but is not one of backfill's checkpoint tables" in one_error_line(
+            result
+        )
+    assert not sa_inspect(db.engine).has_table("backfill_batches")
+    assert [c["name"] for c in sa_inspect(db.engine).get_columns("backfill_runs")] == ["id", "note"]
+
+
+@contextlib.contextmanager
+def a_role_with(db: Database, grants: str) -> Iterator[str]:
+    """The URL of a login of its own for this test, granted ``grants`` on the test database."""
+    name = f"bf_role_{secrets.token_hex(3)}"
+    url = make_url(db.url)
+    quoted = f'"{name}"' if db.dialect == "postgresql" else f"'{name}'@'%'"
+    with db.engine.begin() as connection:
+        connection.execute(text(f"CREATE USER {quoted}"))
+        where = f"ON SCHEMA public TO {quoted}" if db.dialect == "postgresql" else f"ON `{url.database}`.* TO {quoted}"
+        if grants:
+            connection.execute(text(f"GRANT {grants} {where}"))
+    try:
+        yield url.set(username=name, password=None).render_as_string(hide_password=False)
+    finally:
+        with db.engine.begin() as connection:
+            if db.dialect == "postgresql":
+                connection.execute(text(f"DROP OWNED BY {quoted}"))
+            connection.execute(text(f"DROP USER {quoted}"))
+
+
+def as_role(db: Database, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return Database(url, db.engine).cli(*args)
+
+
+def test_init_db_without_the_privileges_leaves_nothing_half_built(db: Database) -> None:
+    """A role that may create tables but not indexes (MariaDB), or not create at all (PostgreSQL),
+    gets the database's refusal in one line, exit 1, and no checkpoint table is left behind."""
+    if db.dialect == "sqlite":
+        pytest.skip("SQLite has no roles")
+    db.app().store.drop_tables()
+    grants = "CREATE, DROP, SELECT, INSERT, UPDATE, DELETE, REFERENCES" if db.dialect == "mariadb" else ""
+    with a_role_with(db, grants) as url:
+        result = as_role(db, url, "init-db")
+        assert result.returncode == 1, result.stderr
+        line = one_error_line(result)
+        assert "the database refused" in line and "grant" in line, line
+        assert no_checkpoint_tables(db)
+    assert db.cli("init-db").returncode == 0
+    assert not no_checkpoint_tables(db)
+
+
+def test_a_role_that_cannot_read_the_checkpoints_is_told_so(db: Database) -> None:
+    if db.dialect == "sqlite":
+        pytest.skip("SQLite has no roles")
+    with a_role_with(db, "USAGE" if db.dialect == "postgresql" else "CREATE") as url:
+        result = as_role(db, url, "status")
+        assert result.returncode == 1, result.stderr
+        assert "the database refused" in one_error_line(result)

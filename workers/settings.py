@@ -11,6 +11,10 @@ from typing import Any
 
 from backfill.errors import ConfigurationError
 
+REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+"""What kombu's Redis transport accepts: the key prefix and the visibility timeout are Redis's."""
+MAX_SECONDS = 30 * 86_400.0
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -45,10 +49,21 @@ class Settings:
                 value = float(raw)
             except ValueError:
                 value = math.nan
-            if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > MAX_SECONDS:
                 least = "0 or more" if zero else "more than 0"
-                raise ConfigurationError(f"{name} must be a number of seconds, {least}: got {raw!r}")
+                raise ConfigurationError(f"{name} must be a number of seconds, {least}, at most 30 days: got {raw!r}")
             return value
+
+        def broker(name: str, default: str) -> str:
+            raw = env.get(name, "").strip() or default
+            scheme = raw.partition("://")[0].lower() if "://" in raw else ""
+            if scheme not in REDIS_SCHEMES:
+                # Only the scheme is shown: the rest of the URL may hold a password.
+                raise ConfigurationError(
+                    f"{name} must be a Redis URL (redis://host:6379/0, rediss:// for TLS, redis+socket:// or "
+                    f"sentinel://): got {'scheme ' + repr(scheme) if scheme else 'no scheme'}"
+                )
+            return raw
 
         def port(name: str) -> int | None:
             raw = env.get(name, "").strip()
@@ -60,7 +75,7 @@ class Settings:
 
         defaults = cls()
         return cls(
-            broker_url=env.get("BACKFILL_BROKER_URL") or defaults.broker_url,
+            broker_url=broker("BACKFILL_BROKER_URL", defaults.broker_url),
             queue=env.get("BACKFILL_QUEUE") or defaults.queue,
             key_prefix=env.get("BACKFILL_REDIS_PREFIX", defaults.key_prefix),
             tick_seconds=seconds("BACKFILL_TICK_SECONDS", defaults.tick_seconds, zero=False),

@@ -9,17 +9,18 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, event, inspect, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, event, or_, select, update
 from sqlalchemy.sql.dml import Update
 
 from backfill import events, tables
 from backfill.clock import SERVER_TIME, DatabaseTime
 from backfill.database import READ_ONLY
-from backfill.errors import RunStateError, StoreMissingError
+from backfill.errors import RunStateError
 from backfill.events import Event
 from backfill.keyset import Span
 from backfill.status import BatchStatus, RunStatus
 from backfill.store.records import BatchRecord, Refusal, Run, batch_values
+from backfill.store.schema import check_checkpoint_tables, create_checkpoint_tables
 from backfill.transitions import Move
 
 runs = tables.runs
@@ -190,22 +191,16 @@ class StoreBase:
     # -- schema -------------------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        tables.metadata.create_all(self.bind)
+        create_checkpoint_tables(self.bind)
 
     def drop_tables(self) -> None:
         tables.metadata.drop_all(self.bind)
 
     def check_tables(self) -> None:
         """The checkpoint tables exist (checked once per store: they do not go away mid-run)."""
-        if self._tables_seen:
-            return
-        present = set(inspect(self.bind).get_table_names())
-        if not all(t.name in present for t in tables.metadata.sorted_tables):
-            raise StoreMissingError(
-                "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
-                "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
-            )
-        self._tables_seen = True
+        if not self._tables_seen:
+            check_checkpoint_tables(self.bind)
+            self._tables_seen = True
 
     # -- reading one row ----------------------------------------------------------------------
 

@@ -70,10 +70,26 @@ def test_two_deployments_on_one_redis_keep_their_schedules_apart() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("BACKFILL_TICK_SECONDS", "2s", "BACKFILL_TICK_SECONDS must be a number of seconds, more than 0: got '2s'"),
-        ("BACKFILL_TICK_SECONDS", "0", "BACKFILL_TICK_SECONDS must be a number of seconds, more than 0: got '0'"),
+        (
+            "BACKFILL_TICK_SECONDS",
+            "2s",
+            "BACKFILL_TICK_SECONDS must be a number of seconds, more than 0, at most 30 days: got '2s'",
+        ),
+        (
+            "BACKFILL_TICK_SECONDS",
+            "0",
+            "BACKFILL_TICK_SECONDS must be a number of seconds, more than 0, at most 30 days: got '0'",
+        ),
+        ("BACKFILL_TICK_SECONDS", "1e300", "BACKFILL_TICK_SECONDS must be a number of seconds"),
+        ("BACKFILL_BROKER_URL", "foo://user:s3cret-pw@host/0", "BACKFILL_BROKER_URL must be a Redis URL"),
+        ("BACKFILL_BROKER_URL", "s3cret-pw@host", "must be a Redis URL (redis://host:6379/0, rediss:// for TLS"),
+        ("BACKFILL_BROKER_URL", "amqp://guest:s3cret-pw@localhost//", "got scheme 'amqp'"),
         ("BACKFILL_REDISPATCH_SECONDS", "-1", "BACKFILL_REDISPATCH_SECONDS must be a number of seconds"),
-        ("BACKFILL_CHAIN_SECONDS", "-5", "BACKFILL_CHAIN_SECONDS must be a number of seconds, 0 or more: got '-5'"),
+        (
+            "BACKFILL_CHAIN_SECONDS",
+            "-5",
+            "BACKFILL_CHAIN_SECONDS must be a number of seconds, 0 or more, at most 30 days: got '-5'",
+        ),
         ("BACKFILL_VISIBILITY_TIMEOUT", "inf", "BACKFILL_VISIBILITY_TIMEOUT must be a number of seconds"),
         ("BACKFILL_CHAIN_SECONDS", "nan", "BACKFILL_CHAIN_SECONDS must be a number of seconds"),
         ("BACKFILL_METRICS_PORT", "http", "BACKFILL_METRICS_PORT must be a port number from 1 to 65535: got 'http'"),
@@ -86,6 +102,7 @@ def test_a_bad_value_is_one_error_naming_its_variable(name: str, value: str, exp
         Settings.from_env({name: value})
     assert expected in str(raised.value)
     assert len(str(raised.value).splitlines()) == 1
+    assert PASSWORD not in str(raised.value)
 
 
 @pytest.mark.parametrize(
