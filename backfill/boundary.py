@@ -80,7 +80,7 @@ def _database_fault(exc: DBAPIError) -> str | None:
             f"the database refused: {said}: grant the role backfill connects as SELECT, INSERT, UPDATE and DELETE "
             "on the checkpoint tables (and the backfill's own table), or CREATE for init-db"
         )
-    if sqlstate in _PG_TIMEOUT or number in _MYSQL_TIMEOUT:
+    if sqlstate in _PG_TIMEOUT or number in _MYSQL_TIMEOUT or "database is locked" in said:  # SQLite's busy timeout
         return f"the database timed out: {said}: {UNCHANGED}; run it again when the database is less busy"
     if (sqlstate or "").startswith(_PG_RESOURCES) or number in _MYSQL_RESOURCES:
         return f"the database is out of resources: {said}: {UNCHANGED}; free them and run it again"

@@ -28,7 +28,7 @@ from rich.table import Table
 from backfill import events
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
-from backfill.database import DATABASE_URL_ENV
+from backfill.database import DATABASE_URL_ENV, command_timeout
 from backfill.display import ProgressBar, details_view, estimate_view, status_table
 from backfill.errors import ConfigurationError, RunFailedError
 from backfill.metrics import serve
@@ -55,10 +55,16 @@ def main(ctx: click.Context, app_module: str | None, database_url: str | None) -
     ctx.obj = {"app": app_module, "database_url": database_url}
 
 
-def _app(ctx: click.Context, needed_by: str | None = None) -> App:
+def _app(ctx: click.Context, needed_by: str | None = None, *, short: bool = True) -> App:
     """The app over the database; ``needed_by`` names a command that needs the definitions too
-    (every other command works with the database URL alone)."""
-    return App.from_settings(app=ctx.obj["app"], database_url=ctx.obj["database_url"], needed_by=needed_by)
+    (every other command works with the database URL alone). A ``short`` command's statements
+    are bounded by ``BACKFILL_COMMAND_TIMEOUT``; batches and servers set their own limits."""
+    return App.from_settings(
+        app=ctx.obj["app"],
+        database_url=ctx.obj["database_url"],
+        needed_by=needed_by,
+        time_limit=command_timeout() if short else None,
+    )
 
 
 def _actor() -> str:
@@ -141,7 +147,7 @@ def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
 @click.pass_context
 def run(ctx: click.Context, /, name: str, threads: int | None, progress: bool, **overrides: Any) -> None:
     """Run a backfill to completion in this process (continues its active run)."""
-    app = _app(ctx, "backfill run")
+    app = _app(ctx, "backfill run", short=False)
     with ProgressBar(name, enabled=progress) as bar:
         try:
             final = app.run(name, threads=threads, on_progress=bar.update, **overrides)
@@ -243,7 +249,7 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -
 @click.pass_context
 def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **overrides: Any) -> None:
     """Time a few batches in rolled-back transactions and predict the run; changes nothing."""
-    result = _app(ctx, "backfill estimate").estimate(name, samples=samples, **overrides)
+    result = _app(ctx, "backfill estimate", short=False).estimate(name, samples=samples, **overrides)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else estimate_view(result))
 
 
@@ -363,7 +369,7 @@ def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, c
 def _export(ctx: click.Context, command: str) -> None:
     """Workers read their settings from the environment: hand them the CLI's options, after
     checking that the definitions load and the database answers."""
-    _app(ctx, command).store.check_tables()
+    _app(ctx, command, short=False).store.check_tables()
     if ctx.obj["app"]:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:

@@ -3,6 +3,7 @@ relies on, and without ever showing a password."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -17,6 +18,10 @@ DEFAULT_CONNECT_TIMEOUT = 10
 """Seconds to wait for a server to accept and answer a new connection: a server that takes the
 connection but never answers would otherwise hold a command (``status`` in a deploy script, a
 worker's start) for ever."""
+COMMAND_TIMEOUT_ENV = "BACKFILL_COMMAND_TIMEOUT"
+DEFAULT_COMMAND_TIMEOUT = 60
+"""Seconds an operator's command (``status``, ``pause``, ``retry``, ...) lets one statement run
+or wait for a lock: behind a migration holding a run's row, it says so instead of hanging."""
 
 _DRIVERS = {
     "postgresql": "postgresql+psycopg",
@@ -62,11 +67,19 @@ def parse_url(raw: str | URL | None) -> URL:
 
 
 def connect_timeout() -> int:
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    return _whole_seconds(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT)
+
+
+def command_timeout() -> int:
+    return _whole_seconds(COMMAND_TIMEOUT_ENV, DEFAULT_COMMAND_TIMEOUT)
+
+
+def _whole_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_CONNECT_TIMEOUT
+        return default
     if not raw.isdigit() or not 1 <= int(raw) <= 3600:
-        raise ConfigurationError(f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds from 1 to 3600, got {raw!r}")
+        raise ConfigurationError(f"{name} must be a whole number of seconds from 1 to 3600, got {raw!r}")
     return int(raw)
 
 
@@ -74,13 +87,18 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
+def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``raw``; ``time_limit`` (seconds) bounds each statement and lock wait of
+    every session it opens — for short commands, never for batches or migrations."""
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
     else:
         if url.get_backend_name() == "postgresql":
             kwargs.setdefault("pool_size", 16)
+            if time_limit is not None and "options" not in url.query:
+                limits = f"-c statement_timeout={time_limit}s -c lock_timeout={time_limit}s"
+                kwargs.setdefault("connect_args", {}).setdefault("options", limits)
         if "connect_timeout" not in url.query:
             kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", connect_timeout())
             if url.get_backend_name() == "mysql" and "read_timeout" not in url.query:
@@ -103,10 +121,19 @@ def make_engine(raw: str | URL | None, **kwargs: Any) -> Engine:
     except ArgumentError as exc:
         raise ConfigurationError(f"bad database URL {display_url(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, SQLITE_BUSY_TIMEOUT_MS if time_limit is None else time_limit * 1000)
     elif engine.dialect.name in {"mysql", "mariadb"} and "read_timeout" not in url.query:
         event.listen(engine, "connect", _no_read_timeout_once_connected)
+    if time_limit is not None and engine.dialect.name in {"mysql", "mariadb"}:
+        event.listen(engine, "connect", functools.partial(_limit_mysql_session, time_limit))
     return engine
+
+
+def _limit_mysql_session(seconds: int, dbapi_connection: Any, _record: Any) -> None:
+    mariadb = "mariadb" in dbapi_connection.get_server_info().lower()
+    limit = f"max_statement_time = {seconds}" if mariadb else f"max_execution_time = {seconds * 1000}"
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET SESSION {limit}, innodb_lock_wait_timeout = {seconds}")
 
 
 def _no_read_timeout_once_connected(dbapi_connection: Any, _record: Any) -> None:
@@ -116,7 +143,7 @@ def _no_read_timeout_once_connected(dbapi_connection: Any, _record: Any) -> None
         dbapi_connection._read_timeout = None
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     """Make SQLite transactions take the write lock at BEGIN.
 
     pysqlite's default deferred transactions upgrade a read lock to a write lock mid-transaction,
@@ -131,12 +158,12 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        busy_ms = connection.info.get(SQLITE_BUSY_KEY, SQLITE_BUSY_TIMEOUT_MS)
+        busy_ms = connection.info.get(SQLITE_BUSY_KEY, busy_timeout_ms)
         connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy_ms)}")
         # A reader (status, a planner's look at the batches) reads a snapshot beside the
         # writer (WAL); taking the write lock would make it queue behind every batch.

@@ -123,6 +123,29 @@ def test_a_server_that_never_answers_is_given_up_on(scheme: str) -> None:
     assert waited < 30  # well short of for ever; the exact figure is the machine's
 
 
+def test_an_operator_command_behind_a_lock_gives_up(db: Database) -> None:
+    """Behind a transaction holding the run (a migration that queued it, a stuck session),
+    ``pause`` says the database timed out after BACKFILL_COMMAND_TIMEOUT instead of hanging,
+    and changes nothing."""
+    assert db.cli("start", "counter_int").returncode == 0
+    with db.engine.connect() as holder:
+        holder.begin()
+        holder.execute(runs.update().values(batch_size=runs.c.batch_size))  # the run rows' locks
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "backfill", "pause", "counter_int"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_COMMAND_TIMEOUT": "2"},
+        )  # fmt: skip
+        waited = time.monotonic() - started
+        holder.rollback()
+    assert result.returncode == 1, result.stderr
+    assert "the database timed out" in one_error_line(result)
+    assert waited < 30
+    with db.engine.connect() as connection:
+        assert connection.execute(select(runs.c.status)).scalar_one() == RunStatus.RUNNING.value
+
+
 def test_missing_checkpoint_tables_name_the_fix(db: Database) -> None:
     db.app().store.drop_tables()
     result = db.cli("start", "counter_int")

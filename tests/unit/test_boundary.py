@@ -49,6 +49,7 @@ def test_each_error_has_one_cause(exc: BaseException, cause: Cause, code: int) -
         (wrapped(ProgrammingError, my.ProgrammingError(1044, "Access denied for user")), "refused"),
         (wrapped(OperationalError, pg.QueryCanceled("canceling statement due to statement timeout")), "timed out"),
         (wrapped(OperationalError, my.OperationalError(1205, "Lock wait timeout exceeded")), "timed out"),
+        (wrapped(OperationalError, sqlite3.OperationalError("database is locked")), "timed out"),
         (wrapped(OperationalError, pg.DiskFull("could not extend file")), "out of resources"),
         (wrapped(OperationalError, my.OperationalError(1040, "Too many connections")), "out of resources"),
         (wrapped(OperationalError, pg.AdminShutdown("terminating connection due to administrator command")), "lost"),
