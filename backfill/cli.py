@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -376,11 +376,12 @@ def _export(ctx: click.Context, command: str) -> None:
         os.environ[DATABASE_URL_ENV] = ctx.obj["database_url"]
 
 
-def entry_point() -> None:
-    """The ``backfill`` command. Click's own usage errors come out as one line too, like every
-    other mistake: what is wrong and where the help is."""
+def entry_point(argv: Sequence[str] | None = None) -> None:
+    """The ``backfill`` command (``argv``: the arguments, else the process's own). Click's own
+    usage errors come out as one line too, like every other mistake: what is wrong and where the
+    help is."""
     try:
-        main.main(prog_name="backfill", standalone_mode=False)
+        main.main(args=argv, prog_name="backfill", standalone_mode=False)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "backfill"
         click.echo(f"error: {exc.format_message()} (see `{where} --help`)", err=True)
