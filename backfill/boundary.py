@@ -10,13 +10,20 @@ the third. A batch's own errors never get here: the executor records, retries or
 from __future__ import annotations
 
 import enum
+import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from backfill.errors import BackfillError
 from backfill.failures import error_text
+
+T = TypeVar("T")
+logger = logging.getLogger("backfill.worker")
 
 
 class Cause(enum.Enum):
@@ -51,6 +58,9 @@ def judge(exc: BaseException) -> Verdict:
     if isinstance(exc, BackfillError):
         return Verdict(Cause.MISTAKE if exc.exit_code == 2 else Cause.ENVIRONMENT, one_line(str(exc)), exc.exit_code)
     if isinstance(exc, DBAPIError):
+        if _missing_table(exc):
+            said = error_text(exc, 300).splitlines()[0]
+            return Verdict(Cause.MISTAKE, one_line(f"{said}: {MISSING_TABLES_FIX}"), 2)
         fault = _database_fault(exc)
         if fault is not None:
             return Verdict(Cause.ENVIRONMENT, one_line(fault), 1)
@@ -58,6 +68,29 @@ def judge(exc: BaseException) -> Verdict:
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         return Verdict(Cause.ENVIRONMENT, one_line(f"{what}: check the network and the servers, then run it again"), 1)
     return Verdict(Cause.BUG, "", 1)
+
+
+def contained(what: str, call: Callable[[], T], default: T) -> T:
+    """``call()`` in a process that must live on (a worker's task, the scheduler's tick): a
+    mistake or a fault of the environment is one warning line and ``default`` — the next tick
+    tries again — where a bug raises, traceback and all. A line said once is not repeated for
+    a minute, so a worker does not flood its log while the database is away."""
+    try:
+        return call()
+    except Exception as exc:
+        verdict = judge(exc)
+        if verdict.cause is Cause.BUG:
+            raise
+        now = time.monotonic()
+        key = (what, verdict.message)
+        if now - _said.get(key, -math.inf) >= REPEAT_SECONDS:
+            _said[key] = now
+            logger.warning("%s: %s", what, verdict.message)
+        return default
+
+
+REPEAT_SECONDS = 60.0
+_said: dict[tuple[str, str], float] = {}
 
 
 def bug_report_line(exc: BaseException) -> str:
@@ -69,6 +102,17 @@ def bug_report_line(exc: BaseException) -> str:
 
 def one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+MISSING_TABLES_FIX = (
+    "a table went away under backfill: if it is a checkpoint table, run `backfill init-db` or the migration "
+    "that creates them (a downgrade dropped them?); if it is the backfill's own table, cancel its run"
+)
+
+
+def _missing_table(exc: DBAPIError) -> bool:
+    number, sqlstate = _codes(exc.orig)
+    return sqlstate == "42P01" or number == 1146 or str(exc.orig).startswith("no such table")
 
 
 def _database_fault(exc: DBAPIError) -> str | None:

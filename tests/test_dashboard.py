@@ -259,3 +259,19 @@ def test_a_hostile_run_name_is_rendered_inert(browser: WebDriver, dashboard: Das
     time.sleep(2.5)  # a refresh of the rows in place, too
     assert browser.execute_script("return window.__pwned") is None
     assert hostile in browser.find_element(By.ID, "runs").text
+
+
+def test_the_dashboard_says_what_is_wrong_and_stays_up(browser: WebDriver, dashboard: Dashboard, db: Database) -> None:
+    """With the checkpoint tables dropped under it (a downgrade), a page says so and names the
+    fix; once they are back, the same server shows the runs again."""
+    db.app().store.drop_tables()
+    dashboard.page(browser)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "The database cannot answer"
+    assert "backfill init-db" in browser.find_element(By.CSS_SELECTOR, "p.notice").text
+    with pytest.raises(urllib.error.HTTPError) as api:
+        urllib.request.urlopen(dashboard.url + "/api/runs", timeout=10)
+    assert api.value.code == 503 and "backfill init-db" in json.loads(api.value.read())["error"]
+    assert db.cli("init-db").returncode == 0
+    browser.refresh()
+    assert browser.find_element(By.TAG_NAME, "h1").text != "The database cannot answer"
+    assert dashboard.process.poll() is None

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -18,6 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from backfill.app import App
+from backfill.boundary import Cause, judge
 from backfill.dashboard.access import COOKIE, SESSION_SECONDS, Access
 from backfill.dashboard.charts import batch_charts
 from backfill.database import display_url
@@ -169,7 +171,21 @@ def create_app(app: App, access: Access | None = None) -> Starlette:
         response.delete_cookie(COOKIE, path="/")
         return response
 
+    def unavailable(request: Request, exc: Exception) -> Response:
+        """The database away, a permission missing, a timeout, the checkpoint tables dropped: a
+        page (or JSON) saying so, and the dashboard stays up. A bug is re-raised: 500, and its
+        traceback in the server's log."""
+        verdict = judge(exc)
+        if verdict.cause is Cause.BUG:
+            raise exc
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": verdict.message}, status_code=503)
+        return page(
+            request, "unavailable.html", status_code=503, title="The database cannot answer", message=verdict.message
+        )
+
     return Starlette(
+        exception_handlers={DBAPIError: unavailable, OSError: unavailable, BackfillError: unavailable},
         routes=[
             Route("/", runs_page),
             Route("/runs/{name}", run_page),
@@ -181,7 +197,7 @@ def create_app(app: App, access: Access | None = None) -> Starlette:
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-        ]
+        ],
     )
 
 

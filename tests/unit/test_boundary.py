@@ -11,7 +11,7 @@ import pymysql.err  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, InternalError, OperationalError, ProgrammingError
 
-from backfill.boundary import Cause, judge
+from backfill.boundary import Cause, contained, judge
 from backfill.errors import ConfigurationError, DatabaseUnavailableError, RunFailedError, TargetError
 
 pg, my = psycopg.errors, pymysql.err
@@ -73,3 +73,34 @@ def test_row_values_stay_out_of_the_line() -> None:
     assert judge(duplicate).cause is Cause.BUG  # a constraint outside a batch is not the environment's
     internal = wrapped(InternalError, pg.InsufficientPrivilege("permission denied"))
     assert judge(internal).cause is Cause.ENVIRONMENT
+
+
+def test_a_worker_lives_on_through_faults_and_says_each_once(caplog: pytest.LogCaptureFixture) -> None:
+    lost = wrapped(OperationalError, my.OperationalError(2006, "MySQL server has gone away"))
+    gone = wrapped(ProgrammingError, pg.UndefinedTable('relation "backfill_runs" does not exist'))
+
+    def failing(exc: BaseException) -> int:
+        raise exc
+
+    with caplog.at_level("WARNING", logger="backfill.worker"):
+        assert contained("tick", lambda: failing(lost), 0) == 0
+        assert contained("tick", lambda: failing(lost), 0) == 0  # said once a minute, not once a tick
+        assert contained("tick", lambda: failing(gone), -1) == -1
+        assert contained("tick", lambda: 7, 0) == 7
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "lost the connection to the database" in lines[0]
+    assert "backfill init-db" in lines[1] and not any("Traceback" in line for line in lines)
+    with pytest.raises(KeyError):
+        contained("tick", lambda: failing(KeyError("a bug")), 0)
+
+
+def test_a_missing_table_names_init_db() -> None:
+    for orig in (
+        pg.UndefinedTable('relation "backfill_runs" does not exist'),
+        my.ProgrammingError(1146, "Table 'app.backfill_runs' doesn't exist"),
+        sqlite3.OperationalError("no such table: backfill_runs"),
+    ):
+        verdict = judge(wrapped(ProgrammingError, orig))
+        assert (verdict.cause, verdict.exit_code) == (Cause.MISTAKE, 2)
+        assert "backfill_runs" in verdict.message and "backfill init-db" in verdict.message
