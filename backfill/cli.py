@@ -339,7 +339,7 @@ def retry(ctx: click.Context, /, name: str, split: bool) -> None:
 def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker that runs batches (extra arguments go to Celery)."""
     _export(ctx, "backfill worker")
-    from workers.app import celery_app, settings
+    from backfill.workers.app import celery_app, settings
 
     argv = ["worker", f"--loglevel={loglevel}", "--queues", settings.queue]
     if concurrency:
@@ -360,7 +360,7 @@ def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery
 def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start the periodic tick (Celery beat) that plans and sends batches for every run."""
     _export(ctx, "backfill scheduler")
-    from workers.app import celery_app, settings
+    from backfill.workers.app import celery_app, settings
 
     schedule = schedule_file or os.path.join(tempfile.gettempdir(), f"backfill-beat-{settings.deployment_id}")
     celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])

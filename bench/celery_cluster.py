@@ -80,7 +80,7 @@ class Cluster:
         benchmark times the run, not how long a freshly started run waits for the beat."""
         from celery import Celery
 
-        from workers.settings import Settings
+        from backfill.workers.settings import Settings
 
         settings = Settings.from_env(self.env)
         client = Celery("bench", broker=settings.broker_url)

@@ -16,7 +16,7 @@ from backfill.database import (
     parse_url,
 )
 from backfill.errors import ConfigurationError
-from workers.settings import Settings
+from backfill.workers.settings import Settings
 
 PASSWORD = "s3cret-pw"
 

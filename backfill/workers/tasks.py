@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backfill.boundary import contained
-from workers.app import celery_app, dispatcher
+from backfill.workers.app import celery_app, dispatcher
 
 
 @celery_app.task(name="backfill.tick")
