@@ -38,7 +38,10 @@ from backfill.status import RunStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
+PIPED_WIDTH = 400
+"""Columns for output that is not a terminal (a deploy log, ``grep``): rich's default of 80 would
+cut a run's name and status to ``backfi… pendi…``. ``COLUMNS`` still wins."""
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -59,8 +59,16 @@ def log(events: list[Event]) -> None:
             level = logging.DEBUG if event.after in ("pending", "running") else logging.INFO
         if logger.isEnabledFor(level):
             fields = {k: v for k, v in asdict(event).items() if v is not None}
+            # The fields in the line itself, so any handler shows them (Celery's, an app's own).
+            said = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
             logger.log(
-                level, "%s %s -> %s", event.subject, event.before or "new", event.after, extra={"fields": fields}
+                level,
+                "%s %s -> %s %s",
+                event.subject,
+                event.before or "new",
+                event.after,
+                said,
+                extra={"fields": fields},
             )
 
 
@@ -80,10 +88,25 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {})
-        extra = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}" for k, v in fields.items())
-        line = f"{self.formatTime(record)} {record.levelname.lower()} {record.getMessage()} {extra}".rstrip()
+        line = f"{self.formatTime(record)} {record.levelname.lower()} {record.getMessage()}"
         return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
+
+
+def join_host_logging() -> None:
+    """Inside a process that sets up logging itself (a Celery worker or beat): the library's
+    lines go through its handlers — one format, one timestamp, its ``--loglevel`` — rather than
+    through a handler of our own on a stderr Celery has redirected into its log at WARNING.
+    ``BACKFILL_LOG_FORMAT=json`` keeps a JSON handler of its own, on the real stderr."""
+    root = logging.getLogger("backfill")
+    if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(JsonFormatter())
+        root.handlers[:] = [handler]
+        root.propagate = False
+    else:
+        root.handlers[:] = []
+        root.propagate = True
+    root.setLevel(os.environ.get(LOG_LEVEL_ENV, "").upper() or logging.NOTSET)
 
 
 def configure(default_level: str) -> None:

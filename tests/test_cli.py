@@ -194,6 +194,13 @@ def test_start_status_json_and_a_second_start(db: Database) -> None:
 
     human = db.cli("status")
     assert human.returncode == 0 and "counter_int" in human.stdout and "finished" in human.stdout
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run(
+        [sys.executable, "-m", "backfill", "--database-url", db.url, "status"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    (row,) = [line for line in piped.stdout.splitlines() if "counter_int" in line]  # a deploy log's whole row
+    assert "finished" in row and "250" in row and "…" not in piped.stdout, piped.stdout
 
 
 def test_a_total_raised_past_its_estimate_says_so(db: Database) -> None:

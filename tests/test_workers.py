@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import signal
 import threading
 import time
@@ -85,6 +86,12 @@ def test_workers_run_a_started_backfill_in_parallel(db: Database, cluster: Clust
     # Any worker's metrics describe the whole run, read from the store.
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert f'backfill_rows_processed_total{{backfill="counter_int",run="{run.id}"}} 1000.0' in body
+    # The library's lines join Celery's log: its format and level, one timestamp, with the fields.
+    logged = cluster.log("w1") + cluster.log("w2")
+    done = [line for line in logged.splitlines() if "batch running -> succeeded" in line]
+    assert done and all(re.match(r"^\[\d{4}-\d\d-\d\d [\d:,]+: INFO/", line) for line in done), done[:3]
+    assert all(line.count("202") == 1 and f"run_id={run.id}" in line for line in done), done[:3]
+    assert not re.search(r"/[\w-]+\] \d{4}-\d\d-\d\d", logged), logged[-3000:]  # no stderr line re-logged
 
 
 def test_a_worker_killed_mid_batch(db: Database, cluster: Cluster) -> None:

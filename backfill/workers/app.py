@@ -50,14 +50,14 @@ def metrics_app() -> App:
 
 
 def _serve_metrics(**_: object) -> None:
-    events.configure("INFO")
+    events.join_host_logging()
     if settings.metrics_port is not None:
         serve(metrics_app().store, settings.metrics_port)
 
 
 def _forget_parent_connections(**_: object) -> None:
     """A child forked from the main process must not touch the main process's connections."""
-    events.configure("INFO")
+    events.join_host_logging()
     if metrics_app.cache_info().currsize:
         metrics_app().store.engine.dispose(close=False)
 
