@@ -8,7 +8,7 @@ from rich.table import Table
 
 from backfill.app import RunDetails
 from backfill.estimate import Estimate
-from backfill.progress import RunProgress
+from backfill.progress import RunProgress, duration
 from backfill.status import RunStatus
 from backfill.store import Run
 
@@ -57,16 +57,6 @@ def _bar(fraction: float | None, width: int = 16) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def duration(seconds: float | None) -> str:
-    """Seconds as an operator reads them at a glance: 42s, 3m07s, 2h05m."""
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def status_table(runs: list[RunProgress]) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("backfill", "run", "status", "progress", "rows", "batches ok/failed/in flight", "batch size",
@@ -85,6 +75,8 @@ def status_table(runs: list[RunProgress]) -> Table:
             status += f" (held: {data['held_reason']})"
         elif data["rate_cap_wait_seconds"]:
             status += f" (rate cap {run.tuning.max_rows_per_second:g} rows/s)"
+        elif p.stalled:
+            status += " (stalled)"
         table.add_row(
             run.name,
             str(run.id),
@@ -106,6 +98,8 @@ def details_view(details: RunDetails) -> Group:
         status_table([details.progress]),
         f"final pass: {details.progress.final_pass_covers}",
     ]
+    if details.progress.stalled:
+        parts.insert(1, f"stalled: {details.progress.stalled}")
     if details.failed:
         failed = Table("batch", "first key", "last key", "attempts", "error", title="failed batches", box=None)
         for b in details.failed:

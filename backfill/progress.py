@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from backfill.status import BatchStatus, Phase, RunStatus
-from backfill.store import FinalPass, Run, Store
+from backfill.store import BatchStats, FinalPass, Run, Store
 
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -28,6 +28,8 @@ class RunProgress:
     """The total re-estimated from how far the sweep has gone, when that beats the catalog's."""
     rate_wait_seconds: float = 0.0
     """How long the rate cap holds the run's next batch back (0: not at all)."""
+    stalled: str | None = None
+    """Why an active run is not moving and what starts it again, when it is not (see ``stall``)."""
 
     @property
     def final_pass_covers(self) -> str:
@@ -64,7 +66,7 @@ class RunProgress:
     @property
     def eta_seconds(self) -> float | None:
         total = self.rows_total
-        if self.run.status is not RunStatus.RUNNING or total is None or self.rate <= 0:
+        if self.run.status is not RunStatus.RUNNING or total is None or self.rate <= 0 or self.stalled:
             return None
         return max(0.0, (total - self.run.rows_done) / self.rate)
 
@@ -102,7 +104,18 @@ class RunProgress:
             "rate_cap_wait_seconds": round(self.rate_wait_seconds, 2) if run.status is RunStatus.RUNNING else 0.0,
             "final_pass": run.final_pass.value,
             "final_pass_covers": self.final_pass_covers,
+            "stalled": self.stalled,
         }
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as an operator reads them at a glance: 42s, 3m07s, 2h05m."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -159,4 +172,43 @@ def measure(store: Store, run: Run, now: datetime | None = None) -> RunProgress:
         elapsed_seconds=elapsed,
         refined_total=refine_total(run, stats.planned_main_rows, stats.first_key),
         rate_wait_seconds=wait,
+        stalled=None if wait else stall(run, stats, now),
     )
+
+
+STILL_FOR = timedelta(seconds=30)
+"""How long an active run may go without a batch starting or ending before status calls it
+stalled: longer than a tick, a redispatch or a chain's hand-over, far shorter than an operator's
+patience."""
+UNTAKEN_FOR = timedelta(seconds=10)
+
+
+def stall(run: Run, stats: BatchStats, now: datetime) -> str | None:
+    """Why an active run is not moving, with what gets it going, or None while it moves (or is
+    held, paused or rate-capped: those say so themselves)."""
+    name = run.name
+    start_it = f"start `backfill run {name}`, or a worker and the scheduler"
+    if run.status is RunStatus.PENDING:
+        queued = now - run.created_at
+        return (
+            f"queued for {duration(queued.total_seconds())}: nothing has started it; {start_it}"
+            if queued > STILL_FOR
+            else None
+        )
+    if run.status is not RunStatus.RUNNING or run.held_reason:
+        return None
+    if stats.first_lease_end is not None and stats.first_lease_end < now:
+        gone = duration((now - stats.first_lease_end).total_seconds())
+        return (
+            f"a runner stopped answering {gone} ago holding {stats.counts[BatchStatus.RUNNING]} batch(es): "
+            f"the scheduler's next tick or `backfill run {name}` takes them back"
+        )
+    if stats.counts[BatchStatus.RUNNING]:
+        return None
+    if stats.oldest_dispatch_at is not None and now - stats.oldest_dispatch_at > UNTAKEN_FOR:
+        waited = duration((now - stats.oldest_dispatch_at).total_seconds())
+        return f"batches sent {waited} ago wait for a worker (sent again if lost): start `backfill worker`"
+    last = max((t for t in (stats.last_moved_at, run.started_at) if t is not None), default=run.created_at)
+    if now - last > STILL_FOR:
+        return f"no runner for {duration((now - last).total_seconds())}: {start_it}"
+    return None

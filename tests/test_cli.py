@@ -258,6 +258,7 @@ def test_failure_exit_code_and_retry_through_the_cli(db: Database) -> None:
 def test_resume_after_the_runner_is_killed(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 1001)))
     env = {**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_APP": "tests.apps.counters"}
+    env["BACKFILL_HEARTBEAT_SECONDS"] = "0.5"
     runner = subprocess.Popen(
         [sys.executable, "-m", "backfill", "run", "counter_slow", "--no-progress"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -272,6 +273,15 @@ def test_resume_after_the_runner_is_killed(db: Database) -> None:
     assert runner.returncode == -signal.SIGKILL
     histogram = counter_histogram(db, items)
     assert 0 < histogram.get(1, 0) < 1000 and set(histogram) <= {0, 1}, histogram
+    # Nobody runs it now, and status says so, with the command that continues it (the killed
+    # runner's lease ends after three missed heartbeats of half a second).
+    deadline = time.monotonic() + 30
+    while (entry := json.loads(db.cli("status", "counter_slow", "--json").stdout))["stalled"] is None:
+        assert time.monotonic() < deadline, entry
+        time.sleep(0.5)
+    assert "stopped answering" in entry["stalled"] and "backfill run counter_slow" in entry["stalled"]
+    assert entry["status"] == "running" and entry["eta_seconds"] is None
+    assert "stalled: a runner stopped answering" in db.cli("status", "counter_slow").stdout
 
     resumed = db.cli("run", "counter_slow", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr

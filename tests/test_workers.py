@@ -22,6 +22,7 @@ from alembic import command
 from sqlalchemy import text
 
 from backfill import BatchStatus, RunStatus
+from backfill.dispatch import Dispatcher
 from backfill.errors import RunStateError
 from backfill.store import Run, Store
 from tests.apps import counters
@@ -114,6 +115,25 @@ def test_a_worker_killed_mid_batch(db: Database, cluster: Cluster) -> None:
     run = assert_clean_finish(db, "counter_sleepy", 500)
     again = next(b for b in store.batches_of(run.id) if b.id == victim.id)
     assert again.attempts >= 2 and again.status is BatchStatus.SUCCEEDED
+
+
+def test_messages_a_dead_worker_took_are_sent_again_within_seconds_by_default(db: Database, cluster: Cluster) -> None:
+    """A worker SIGKILLed with messages it had taken but not yet claimed (Redis gives those back
+    only after the visibility timeout, an hour): with the default settings the batches are sent
+    again and the run moves within 15 s of the loss, none run twice."""
+    counters.fill(db.engine, items, list(range(1, 301)))
+    assert db.cli("start", "counter_sleepy", "--parallelism", "2").returncode == 0
+    app = db.app()
+    lost: list[int] = []
+    assert Dispatcher(app.store, app.targets, lost.append).tick() == 2  # sent to a worker that died
+    assert lost
+    lost_at = time.monotonic()
+    cluster.start_scheduler()
+    cluster.start_worker("w1", concurrency=2, BACKFILL_REDISPATCH_SECONDS="")  # the default
+    wait_for_run(db, "counter_sleepy", until="1", timeout=60)
+    moved_after = time.monotonic() - lost_at
+    assert_clean_finish(db, "counter_sleepy", 300)
+    assert moved_after < 15, f"the run moved again only {moved_after:.1f}s after the loss"
 
 
 def test_every_message_lost_mid_run(db: Database, cluster: Cluster) -> None:

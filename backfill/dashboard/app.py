@@ -23,9 +23,8 @@ from backfill.boundary import Cause, judge
 from backfill.dashboard.access import COOKIE, SESSION_SECONDS, Access
 from backfill.dashboard.charts import batch_charts
 from backfill.database import display_url
-from backfill.display import duration
 from backfill.errors import BackfillError
-from backfill.progress import RunProgress
+from backfill.progress import RunProgress, duration
 
 HERE = Path(__file__).parent
 ACTOR = "dashboard"

@@ -25,22 +25,39 @@ class ReadsMixin(StoreBase):
         return self.batch_stats(run_id).counts
 
     def batch_stats(self, run_id: int) -> BatchStats:
+        """Counts by status, the planned rows, and when the run's batches last moved (one
+        grouped read: ``status`` stays instant on a run of a million batches)."""
+        b = batches.c
         with self.reading() as conn:
             rows = conn.execute(
-                select(batches.c.status, batches.c.phase, func.count(), func.sum(batches.c.rows))
-                .where(batches.c.run_id == run_id)
-                .group_by(batches.c.status, batches.c.phase)
-            ).all()
-            first = conn.execute(
-                select(batches.c.first_key).where(batches.c.run_id == run_id, batches.c.seq == 0)
-            ).scalar()
+                select(b.status, b.phase, func.count(), func.sum(b.rows), func.max(b.started_at),
+                       func.max(b.finished_at), func.min(b.dispatched_at), func.min(b.lease_expires_at))
+                .where(b.run_id == run_id)
+                .group_by(b.status, b.phase)
+            ).all()  # fmt: skip
+            first = conn.execute(select(b.first_key).where(b.run_id == run_id, b.seq == 0)).scalar()
         counts = dict.fromkeys(BatchStatus, 0)
         planned_main = 0
-        for status, phase, n, planned in rows:
+        moved: list[datetime] = []
+        dispatched: list[datetime] = []
+        leases: list[datetime] = []
+        for status, phase, n, planned, started, finished, dispatch, lease in rows:
             counts[BatchStatus(status)] += n
             if phase == Phase.MAIN and status != BatchStatus.SPLIT:
                 planned_main += int(planned or 0)
-        return BatchStats(counts, planned_main, first)
+            moved += [t for t in (started, finished) if t is not None]
+            if status == BatchStatus.PENDING and dispatch is not None:
+                dispatched.append(dispatch)
+            if status == BatchStatus.RUNNING and lease is not None:
+                leases.append(lease)
+        return BatchStats(
+            counts,
+            planned_main,
+            first,
+            last_moved_at=max(moved, default=None),
+            oldest_dispatch_at=min(dispatched, default=None),
+            first_lease_end=min(leases, default=None),
+        )
 
     def recent_batches(self, run_id: int, limit: int = 10) -> list[BatchRecord]:
         """The run's latest finished batches, newest first."""

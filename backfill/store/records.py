@@ -130,6 +130,12 @@ class BatchStats:
     """Rows in the batches planned so far by the main sweep."""
     first_key: list[Any] | None
     """The first key of the run's first batch: where the main sweep started."""
+    last_moved_at: datetime | None = None
+    """When a batch of the run last started or ended: a running run still for long has no runner."""
+    oldest_dispatch_at: datetime | None = None
+    """When the oldest message for a batch no worker has taken yet went out."""
+    first_lease_end: datetime | None = None
+    """When the earliest lease of a running batch ends (in the past: its runner stopped answering)."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,10 @@ class Settings:
     chain_seconds: float = 30.0
     """A worker that finished a batch takes the run's next one itself, for this long, before
     handing back to the broker."""
-    redispatch_seconds: float = 60.0
-    """A pending batch whose message is older than this is sent again (the message may be lost)."""
+    redispatch_seconds: float = 10.0
+    """A pending batch whose message is older than this is sent again: the message may be lost,
+    or held unacknowledged by a worker that died (Redis gives those back only after the
+    visibility timeout). A message sent twice costs a refused claim; one lost costs this long."""
     metrics_port: int | None = None
     """When set, the worker's main process serves Prometheus metrics on this port."""
     visibility_timeout: float = 3600.0
