@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from backfill import environment
 from backfill.errors import ConfigurationError
 
 DATABASE_URL_ENV = "BACKFILL_DATABASE_URL"
@@ -75,12 +76,7 @@ def command_timeout() -> int:
 
 
 def _whole_seconds(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 3600:
-        raise ConfigurationError(f"{name} must be a whole number of seconds from 1 to 3600, got {raw!r}")
-    return int(raw)
+    return environment.whole(name, default, least=1, most=3600, what="a whole number of seconds")
 
 
 def display_url(url: URL) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
+from backfill import environment
 from backfill.status import BatchStatus, RunStatus
 
 LOG_FORMAT_ENV = "BACKFILL_LOG_FORMAT"
@@ -92,13 +92,24 @@ class TextFormatter(logging.Formatter):
         return f"{line}\n{self.formatException(record.exc_info)}" if record.exc_info else line
 
 
+def log_format() -> str:
+    return environment.choice(LOG_FORMAT_ENV, "text", ("text", "json"))
+
+
+def log_level(default: str) -> str:
+    return environment.choice(LOG_LEVEL_ENV, default.lower(), LEVELS)
+
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def join_host_logging() -> None:
     """Inside a process that sets up logging itself (a Celery worker or beat): the library's
     lines go through its handlers — one format, one timestamp, its ``--loglevel`` — rather than
     through a handler of our own on a stderr Celery has redirected into its log at WARNING.
     ``BACKFILL_LOG_FORMAT=json`` keeps a JSON handler of its own, on the real stderr."""
     root = logging.getLogger("backfill")
-    if os.environ.get(LOG_FORMAT_ENV, "").lower() == "json":
+    if log_format() == "json":
         handler = logging.StreamHandler(sys.__stderr__)
         handler.setFormatter(JsonFormatter())
         root.handlers[:] = [handler]
@@ -106,7 +117,7 @@ def join_host_logging() -> None:
     else:
         root.handlers[:] = []
         root.propagate = True
-    root.setLevel(os.environ.get(LOG_LEVEL_ENV, "").upper() or logging.NOTSET)
+    root.setLevel(log_level("").upper() or logging.NOTSET)
 
 
 def configure(default_level: str) -> None:
@@ -114,9 +125,9 @@ def configure(default_level: str) -> None:
     BACKFILL_LOG_LEVEL, else ``default_level`` (quiet for the CLI, whose summary says what
     failed; INFO for workers)."""
     handler = logging.StreamHandler(sys.stderr)
-    json_format = os.environ.get(LOG_FORMAT_ENV, "").lower() == "json"
+    json_format = log_format() == "json"
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
     root = logging.getLogger("backfill")
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get(LOG_LEVEL_ENV, default_level).upper())
+    root.setLevel(log_level(default_level).upper())
     root.propagate = False

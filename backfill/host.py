@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from backfill import environment
 from backfill.clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
@@ -95,8 +96,7 @@ class ThreadHeartbeat:
 
 
 def heartbeat_seconds_from_env() -> float:
-    raw = os.environ.get(HEARTBEAT_ENV)
-    return float(raw) if raw else DEFAULT_HEARTBEAT_SECONDS
+    return environment.seconds(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_SECONDS, zero=False, most=3600)
 
 
 @dataclass(frozen=True)

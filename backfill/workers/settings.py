@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backfill import environment
 from backfill.errors import ConfigurationError
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
 """What kombu's Redis transport accepts: the key prefix and the visibility timeout are Redis's."""
-MAX_SECONDS = 30 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -44,17 +43,7 @@ class Settings:
         so ``backfill worker`` says which one in a line rather than failing in Celery."""
 
         def seconds(name: str, default: float, *, zero: bool = True) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > MAX_SECONDS:
-                least = "0 or more" if zero else "more than 0"
-                raise ConfigurationError(f"{name} must be a number of seconds, {least}, at most 30 days: got {raw!r}")
-            return value
+            return environment.seconds(name, default, zero=zero, env=env)
 
         def broker(name: str, default: str) -> str:
             raw = env.get(name, "").strip() or default
@@ -68,12 +57,7 @@ class Settings:
             return raw
 
         def port(name: str) -> int | None:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return None
-            if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-                raise ConfigurationError(f"{name} must be a port number from 1 to 65535: got {raw!r}")
-            return int(raw)
+            return environment.whole(name, 0, least=1, most=65535, what="a port number", env=env) or None
 
         defaults = cls()
         return cls(

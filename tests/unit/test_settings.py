@@ -3,6 +3,9 @@ bad value is one error naming the variable, and a password is never shown."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy import make_url
 
@@ -10,12 +13,15 @@ from backfill.database import (
     CONNECT_TIMEOUT_ENV,
     DATABASE_URL_ENV,
     DEFAULT_CONNECT_TIMEOUT,
+    command_timeout,
     connect_timeout,
     display_url,
     make_engine,
     parse_url,
 )
 from backfill.errors import ConfigurationError
+from backfill.events import log_format, log_level
+from backfill.host import heartbeat_seconds_from_env
 from backfill.workers.settings import Settings
 
 PASSWORD = "s3cret-pw"
@@ -177,3 +183,28 @@ def test_servers_are_given_a_connect_timeout(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setenv(CONNECT_TIMEOUT_ENV, bad)
         with pytest.raises(ConfigurationError, match=f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds"):
             connect_timeout()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "read", "expected"),
+    [
+        (
+            "BACKFILL_HEARTBEAT_SECONDS",
+            "abc",
+            heartbeat_seconds_from_env,
+            "BACKFILL_HEARTBEAT_SECONDS must be a number",
+        ),
+        ("BACKFILL_HEARTBEAT_SECONDS", "0", heartbeat_seconds_from_env, "more than 0"),
+        ("BACKFILL_LOG_LEVEL", "verbose", lambda: log_level("error"), "BACKFILL_LOG_LEVEL must be one of debug, info"),
+        ("BACKFILL_LOG_FORMAT", "yaml", log_format, "BACKFILL_LOG_FORMAT must be one of text, json: got 'yaml'"),
+        ("BACKFILL_COMMAND_TIMEOUT", "-3", command_timeout, "BACKFILL_COMMAND_TIMEOUT must be a whole number"),
+    ],
+)
+def test_every_process_setting_is_checked(
+    name: str, value: str, read: Callable[[], object], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        read()
+    monkeypatch.setenv(name, "")
+    read()  # empty is the default
