@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -131,7 +130,7 @@ def test_a_malformed_url_is_one_line_without_its_password(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(min_size=1, max_size=30).filter(lambda n: n not in counters.__dict__ and not n.startswith("-")))
 def test_an_unknown_backfill_of_any_name_is_one_line(
-    name: str, database: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    name: str, database: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, output = run_cli(["start", name], database, capsys)
     assert_one_line_mistake(code, output)

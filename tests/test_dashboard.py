@@ -139,8 +139,12 @@ def live_run(db: Database) -> Iterator[Run]:
 
 
 def bar_value(browser: WebDriver) -> float:
-    bar = browser.find_element(By.CSS_SELECTOR, "tr.run [role=progressbar]")
-    return float(bar.get_attribute("aria-valuenow") or 0)
+    """Read in one script: the refresh may replace the bar between a find and a read."""
+    value = browser.execute_script(
+        "const bar = document.querySelector('tr.run [role=progressbar]');"
+        "return bar ? bar.getAttribute('aria-valuenow') : null;"
+    )
+    return float(value or 0)
 
 
 def test_the_progress_bar_moves_without_a_reload(browser: WebDriver, dashboard: Dashboard, live_run: Run) -> None:
