@@ -17,7 +17,7 @@ from backfill.definition import Backfill
 from backfill.errors import DatabaseUnavailableError, RunStateError
 from backfill.estimate import Estimate, estimate
 from backfill.executor import Outcome
-from backfill.failures import error_text
+from backfill.failures import error_text, retried
 from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span
@@ -163,18 +163,20 @@ class App:
     # -- operating ----------------------------------------------------------------------------
 
     # ``actor`` names who acts (the CLI's user@host, "dashboard"): kept on the action's event.
+    # Each action is one guarded transaction, so one that lost a deadlock to a worker (the
+    # database picks a victim) is simply taken again: it re-reads the run under its lock.
 
     def pause(self, name: str, *, actor: str | None = None) -> Run:
         run = self._active(name)
-        return self._done(run, "pause", self.store.pause(run, actor=actor))
+        return self._done(run, "pause", retried(lambda: self.store.pause(run, actor=actor)))
 
     def resume(self, name: str, *, actor: str | None = None) -> Run:
         run = self._active(name)
-        return self._done(run, "resume", self.store.resume(run, actor=actor))
+        return self._done(run, "resume", retried(lambda: self.store.resume(run, actor=actor)))
 
     def cancel(self, name: str, *, actor: str | None = None) -> Run:
         run = self._active(name)
-        return self._done(run, "cancel", self.store.cancel(run, actor=actor))
+        return self._done(run, "cancel", retried(lambda: self.store.cancel(run, actor=actor)))
 
     def retry(self, name: str, *, split: bool = False, actor: str | None = None) -> tuple[Run, int]:
         """Re-queue the failed batches of the latest run; a failed run becomes running again.
@@ -199,7 +201,7 @@ class App:
                         spans = halves_by_key(connection, run, batch)
                     if len(spans) > 1:
                         splits[batch.id] = spans
-        return self.store.reopen_failed(run, splits, actor=actor)
+        return retried(lambda: self.store.reopen_failed(run, splits, actor=actor))
 
     def tune(self, name: str, *, actor: str | None = None, **overrides: Any) -> Run:
         """Change a run's settings while it runs; batches planned from now on use them. Only
@@ -209,7 +211,7 @@ class App:
         if not given:
             raise RunStateError("nothing to change: give --batch-size, --parallelism or another setting")
         tuned = run.tuning.replace(given)  # checks every value, and the settings together
-        return self.store.tune(run, {k: getattr(tuned, k) for k in given}, actor=actor)
+        return retried(lambda: self.store.tune(run, {k: getattr(tuned, k) for k in given}, actor=actor))
 
     def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
         """Block until every named run has ended, or one has failed or been cancelled."""
