@@ -20,18 +20,21 @@ its migration setup, and overridable by whoever drives Alembic from Python (test
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from alembic.ddl.mysql import MySQLModifyColumn
 from alembic.operations import MigrateOperation, Operations
+from alembic.util import CommandError
 from sqlalchemy import (
     JSON,
     Column,
@@ -56,11 +59,21 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 from sqlalchemy.sql.compiler import DDLCompiler, IdentifierPreparer
 
-from backfill import tables
+from backfill import environment, tables
 from backfill.app import App
 from backfill.definition import Backfill, Tuning
-from backfill.errors import BackfillError, ConfigurationError, TargetError
+from backfill.errors import (
+    BackfillError,
+    ConfigurationError,
+    MigrationError,
+    NullValuesError,
+    OfflineModeError,
+    TargetError,
+    UnfinishedBackfillError,
+)
+from backfill.estimate import estimate_rows
 from backfill.failures import error_text
+from backfill.progress import measure
 from backfill.registry import APP_ENV, Registry, load
 from backfill.status import RunStatus
 from backfill.store import Run, Store, new_run_values
@@ -73,20 +86,6 @@ APP_ATTRIBUTE = "backfill_app"
 
 PROGRESS_EVERY_SECONDS = 5.0
 """How often inline finalization logs its progress: enough to see it move, not a flood."""
-
-
-class UnfinishedBackfillError(BackfillError):
-    """A revision needs a backfill to be finished and it is not."""
-
-    exit_code = 1
-
-
-class NullValuesError(BackfillError):
-    """NOT NULL was asked for while rows still hold NULL."""
-
-
-class OfflineModeError(BackfillError):
-    """The operation cannot be written down as SQL for ``alembic upgrade --sql``."""
 
 
 # -- the definitions -------------------------------------------------------------------------
@@ -112,6 +111,23 @@ def migration_definitions(operations: Operations) -> Registry:
         f'config.attributes["{APP_ATTRIBUTE}"] must be a module name or a mapping of backfill '
         f"definitions, not {type(found).__name__}"
     )
+
+
+def _for_alembic(implementation: Callable[[Operations, Any], None]) -> Callable[[Operations, Any], None]:
+    """Alembic's command line prints its own ``CommandError`` as one ``FAILED: <message>`` line
+    and anything else as a traceback: a mistake met inside an operation (an unknown backfill,
+    a missing column, NULL rows) is re-raised as one, keeping its message and its class."""
+
+    @functools.wraps(implementation)
+    def implement(operations: Operations, operation: Any) -> None:
+        try:
+            implementation(operations, operation)
+        except CommandError:
+            raise
+        except BackfillError as exc:
+            raise MigrationError(" ".join(str(exc).split())) from exc
+
+    return implement
 
 
 def _offline(operations: Operations) -> bool:
@@ -160,6 +176,7 @@ def _existing_tables(operations: Operations) -> set[str]:
 
 
 @Operations.implementation_for(CreateBackfillTablesOp)
+@_for_alembic
 def _create_backfill_tables(operations: Operations, operation: CreateBackfillTablesOp) -> None:
     """Skips tables that exist: ``backfill init-db`` may have created them before the project
     moved its schema under Alembic, and that must not stop the migration."""
@@ -172,6 +189,7 @@ def _create_backfill_tables(operations: Operations, operation: CreateBackfillTab
 
 
 @Operations.implementation_for(DropBackfillTablesOp)
+@_for_alembic
 def _drop_backfill_tables(operations: Operations, operation: DropBackfillTablesOp) -> None:
     existing = None if _offline(operations) else _existing_tables(operations)
     for t in reversed(tables.metadata.sorted_tables):
@@ -208,6 +226,7 @@ class QueueBackfillOp(MigrateOperation):
 
 
 @Operations.implementation_for(QueueBackfillOp)
+@_for_alembic
 def _queue_backfill(operations: Operations, operation: QueueBackfillOp) -> None:
     definition = migration_definitions(operations)[operation.name]
     tuning = definition.tuning.replace(operation.overrides)
@@ -290,6 +309,7 @@ class ForgetBackfillOp(MigrateOperation):
 
 
 @Operations.implementation_for(ForgetBackfillOp)
+@_for_alembic
 def _forget_backfill(operations: Operations, operation: ForgetBackfillOp) -> None:
     runs, batches = tables.runs, tables.batches
     if not _offline(operations) and len(_existing_tables(operations)) < len(tables.metadata.tables):
@@ -325,18 +345,20 @@ class EnsureBackfillFinishedOp(MigrateOperation):
     """
 
     name: str
-    finalize: bool = True
+    finalize: bool | None = None
 
     @classmethod
-    def ensure_backfill_finished(cls, operations: Operations, name: str, finalize: bool = True) -> None:
+    def ensure_backfill_finished(cls, operations: Operations, name: str, finalize: bool | None = None) -> None:
         operations.invoke(cls(name, finalize))
 
 
 @Operations.implementation_for(EnsureBackfillFinishedOp)
+@_for_alembic
 def _ensure_backfill_finished(operations: Operations, operation: EnsureBackfillFinishedOp) -> None:
     name = operation.name
     definitions = migration_definitions(operations)
-    definitions[name]
+    definitions.require(name)
+    policy = finalize_policy(operations, operation.finalize)
     if _offline(operations):
         if _dialect_name(operations) != "postgresql":
             raise OfflineModeError(
@@ -352,20 +374,92 @@ def _ensure_backfill_finished(operations: Operations, operation: EnsureBackfillF
     if run is not None and run.status is RunStatus.FINISHED:
         logger.info("backfill %s is finished (run %s)", name, run.id)
         return
-    if not operation.finalize or (run is not None and run.status in (RunStatus.PAUSED, RunStatus.CANCELLED)):
-        raise UnfinishedBackfillError(_unfinished(name, run))
+    if policy.mode is Finalize.NEVER or (run is not None and run.status in (RunStatus.PAUSED, RunStatus.CANCELLED)):
+        raise UnfinishedBackfillError(_unfinished(app, name, run))
+    if policy.mode is Finalize.AUTO:
+        left = _rows_left(app, name, run)
+        if left > policy.max_rows:
+            why = f"about {left:,} rows are left, more than the {policy.max_rows:,} a migration finishes inline"
+            raise UnfinishedBackfillError(_unfinished(app, name, run, f"{why} ({FINALIZE_MAX_ROWS_ENV})"))
     if run is not None and run.status is RunStatus.FAILED:
         _, requeued = app.retry(name)
         logger.info("backfill %s: %s failed batch(es) of run %s re-queued", name, requeued, run.id)
     _run_inline(app, name, "finalizing inline, inside this migration")
 
 
+class Finalize(enum.StrEnum):
+    """Whether a migration may run a backfill's remaining batches itself."""
+
+    AUTO = "auto"
+    """Only while little is left (``BACKFILL_FINALIZE_MAX_ROWS``): a development database, a
+    small table, an empty one. A large remainder is refused with the command to run, since
+    inside a migration it holds the deploy, and the locks, for as long as the work takes."""
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+FINALIZE_ENV = "BACKFILL_FINALIZE"
+FINALIZE_MAX_ROWS_ENV = "BACKFILL_FINALIZE_MAX_ROWS"
+DEFAULT_FINALIZE_MAX_ROWS = 100_000
+_LEGACY = {"true": Finalize.ALWAYS, "false": Finalize.NEVER}
+
+
+@dataclass(frozen=True)
+class FinalizePolicy:
+    mode: Finalize
+    max_rows: int
+
+
+def finalize_policy(operations: Operations, explicit: bool | None) -> FinalizePolicy:
+    """The choice from, first to last: the op's own ``finalize=`` argument, ``alembic -x
+    backfill_finalize=…`` (or the older ``-x finalize=true|false``), ``BACKFILL_FINALIZE``,
+    else ``auto``; the threshold from ``-x backfill_finalize_max_rows=…`` or
+    ``BACKFILL_FINALIZE_MAX_ROWS``."""
+    x = _x_arguments(operations)
+    raw_max = x.get("backfill_finalize_max_rows")
+    env = {**os.environ, FINALIZE_MAX_ROWS_ENV: raw_max} if raw_max is not None else os.environ
+    max_rows = environment.whole(
+        FINALIZE_MAX_ROWS_ENV, DEFAULT_FINALIZE_MAX_ROWS, least=0, most=2**62, what="a number of rows", env=env
+    )
+    if explicit is not None:
+        return FinalizePolicy(Finalize.ALWAYS if explicit else Finalize.NEVER, max_rows)
+    if "backfill_finalize" in x:
+        raw = x["backfill_finalize"]
+    elif "finalize" in x:
+        legacy = _LEGACY.get(x["finalize"].strip().lower())
+        if legacy is None:
+            raise ConfigurationError(f"-x finalize must be true or false, got {x['finalize']!r}")
+        return FinalizePolicy(legacy, max_rows)
+    else:
+        raw = os.environ.get(FINALIZE_ENV, "")
+    choices = tuple(m.value for m in Finalize)
+    mode = environment.choice(FINALIZE_ENV, Finalize.AUTO.value, choices, env={FINALIZE_ENV: raw})
+    return FinalizePolicy(Finalize(mode), max_rows)
+
+
+def _x_arguments(operations: Operations) -> dict[str, str]:
+    config = operations.migration_context.config
+    given = getattr(getattr(config, "cmd_opts", None), "x", None) or []
+    return dict(arg.split("=", 1) for arg in given if "=" in arg)
+
+
+def _rows_left(app: App, name: str, run: Run | None) -> int:
+    """The work left, by the same total ``status`` shows (refined as the run goes); for a run
+    not started yet, the table's own row estimate."""
+    if run is not None and run.rows_total is not None:
+        progress = measure(app.store, run)
+        return max(0, (progress.rows_total or 0) - run.rows_done)
+    target = app.targets.get(name)
+    with app.store.reading() as connection:
+        return estimate_rows(connection, target.table)[0]
+
+
 def _run_inline(app: App, name: str, why: str, **overrides: Any) -> Run:
     logger.info("backfill %s: %s", name, why)
     started = time.monotonic()
-    final = app.run(name, on_progress=_ProgressLog(name, started).report, **overrides)
+    final = app.run(name, on_progress=_ProgressLog(app, name, started).report, **overrides)
     if final.status is not RunStatus.FINISHED:
-        raise UnfinishedBackfillError(_unfinished(name, final))
+        raise UnfinishedBackfillError(_unfinished(app, name, final))
     logger.info(
         "backfill %s finished: %s rows in %s batches, %.1fs",
         name,
@@ -378,6 +472,7 @@ def _run_inline(app: App, name: str, why: str, **overrides: Any) -> Run:
 
 @dataclass
 class _ProgressLog:
+    app: App
     name: str
     started: float
     last: float = 0.0
@@ -387,21 +482,24 @@ class _ProgressLog:
         if now - self.last < PROGRESS_EVERY_SECONDS:
             return
         self.last = now
-        logger.info("backfill %s: %s (%.0fs)", self.name, _progress(run), now - self.started)
+        logger.info("backfill %s: %s (%.0fs)", self.name, _progress(self.app, run), now - self.started)
 
 
-def _progress(run: Run) -> str:
-    total = "?" if run.rows_total is None else f"{'~' if run.rows_total_estimated else ''}{run.rows_total:,}"
-    percent = f" ({100 * run.rows_done / run.rows_total:.1f}%)" if run.rows_total else ""
-    return f"{run.rows_done:,} of {total} rows{percent}, {run.batches_done} batch(es) done, {run.batches_failed} failed"
+def _progress(app: App, run: Run) -> str:
+    """The run's progress in the words and the total ``status`` uses: one total everywhere."""
+    progress = measure(app.store, run)
+    total = progress.rows_total
+    shown = "?" if total is None else f"{'~' if progress.to_json()['rows_total_is_estimate'] else ''}{total:,}"
+    percent = "" if progress.fraction is None else f" ({100 * progress.fraction:.1f}%)"
+    return f"{run.rows_done:,} of {shown} rows{percent}, {run.batches_done} batch(es) done, {run.batches_failed} failed"
 
 
-def _unfinished(name: str, run: Run | None) -> str:
+def _unfinished(app: App, name: str, run: Run | None, why: str = "") -> str:
     if run is None:
         state = "it has never run"
         fix = f"run it with `backfill run {name}` (or `backfill start {name}` for the workers)"
     else:
-        state = f"run {run.id} is {run.status}: {_progress(run)}"
+        state = f"run {run.id} is {run.status}: {_progress(app, run)}"
         if run.last_error:
             state += f"; last error: {' '.join(run.last_error.split())[:200]}"
         fix = {
@@ -409,7 +507,11 @@ def _unfinished(name: str, run: Run | None) -> str:
             RunStatus.FAILED: f"fix the error, then `backfill retry {name}` and `backfill run {name}`",
             RunStatus.CANCELLED: f"`backfill run {name}` starts a new run",
         }.get(run.status, f"finish it with `backfill run {name}`, or let the workers finish it")
-    return f"backfill '{name}' is not finished ({state}): {fix}; watch it with `backfill status {name}`, then migrate again"
+    because = f"; {why}" if why else ""
+    return (
+        f"backfill '{name}' is not finished ({state}{because}): {fix}; "
+        f"watch it with `backfill status {name}`, then migrate again"
+    )
 
 
 class _RequireFinished(ExecutableDDLElement):
@@ -452,9 +554,10 @@ class RunBackfillOp(MigrateOperation):
 
 
 @Operations.implementation_for(RunBackfillOp)
+@_for_alembic
 def _run_backfill(operations: Operations, operation: RunBackfillOp) -> None:
     definitions = migration_definitions(operations)
-    definitions[operation.name].tuning.replace(operation.overrides)
+    definitions.require(operation.name).tuning.replace(operation.overrides)
     if _offline(operations):
         raise OfflineModeError(
             f"op.run_backfill('{operation.name}') cannot be written as SQL: run this revision online "
@@ -522,6 +625,7 @@ class AddNotNullOp(MigrateOperation):
 
 
 @Operations.implementation_for(AddNotNullOp)
+@_for_alembic
 def _add_not_null(operations: Operations, operation: AddNotNullOp) -> None:
     dialect = _dialect_name(operations)
     where = f"{operation.schema}.{operation.table_name}" if operation.schema else operation.table_name

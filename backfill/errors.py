@@ -6,6 +6,8 @@ single line and exits with its ``exit_code``. Anything else is a bug and keeps i
 
 from __future__ import annotations
 
+from alembic.util import CommandError
+
 
 class BackfillError(Exception):
     """Base class: a problem the user can fix, described in one line."""
@@ -53,3 +55,22 @@ class RunFailedError(BackfillError):
     """A run ended failed or cancelled."""
 
     exit_code = 1
+
+
+class MigrationError(BackfillError, CommandError):
+    """A mistake met inside an Alembic operation. Alembic's command line prints its own
+    ``CommandError`` as one ``FAILED: <message>`` line, and anything else as a traceback."""
+
+
+class UnfinishedBackfillError(MigrationError):
+    """A revision needs a backfill to be finished and it is not."""
+
+    exit_code = 1
+
+
+class NullValuesError(MigrationError):
+    """NOT NULL was asked for while rows still hold NULL."""
+
+
+class OfflineModeError(MigrationError):
+    """The operation cannot be written down as SQL for ``alembic upgrade --sql``."""

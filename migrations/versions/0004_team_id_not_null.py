@@ -1,8 +1,9 @@
 """players.team_id NOT NULL, once the backfill has filled it
 
 Deploy N+1. If the backfill is not finished, ensure_backfill_finished runs what is left inline,
-inside this migration (fine for a small table, slow and lock-holding on a large one); with
-``alembic -x finalize=false upgrade ...`` it fails instead, naming the command that finishes it.
+inside this migration, while that is little (BACKFILL_FINALIZE_MAX_ROWS); more than that, or with
+``alembic -x backfill_finalize=never upgrade ...``, it fails instead, naming the command that
+finishes it.
 
 Revision ID: 0004_team_id_not_null
 Revises: 0003_teams
@@ -11,7 +12,7 @@ Revises: 0003_teams
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import op
 
 import backfill.alembic_ops  # noqa: F401  (registers the op.* backfill operations)
 
@@ -22,8 +23,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    finalize = context.get_x_argument(as_dictionary=True).get("finalize", "true").lower() != "false"
-    op.ensure_backfill_finished("players_team_id", finalize=finalize)
+    op.ensure_backfill_finished("players_team_id")
     op.add_not_null("players", "team_id")
 
 
