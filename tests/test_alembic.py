@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from argparse import Namespace
@@ -324,3 +328,67 @@ def test_add_not_null_does_not_block_writers_during_validation(empty: Database) 
     assert [c["name"] for c in inspect(db.engine).get_check_constraints("wide")] == []
     assert during, "the writer made no progress while the column was being made NOT NULL"
     assert worst < 1.0
+
+
+def test_the_migration_finishes_inline_only_what_is_small(empty: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto (the default) runs the rest inline only up to BACKFILL_FINALIZE_MAX_ROWS rows and
+    refuses above, naming the rows left and the command; never always refuses; always always
+    finishes. The choice is read by the operation itself, from -x or the environment."""
+    db = empty
+    command.upgrade(alembic(db), "0001_players")
+    seed_players(db)
+    command.upgrade(alembic(db), "0003_teams")
+
+    for refused in (["backfill_finalize_max_rows=100"], ["backfill_finalize=never"]):
+        with pytest.raises(UnfinishedBackfillError) as failure:
+            command.upgrade(alembic(db, x=refused), "head")
+        assert isinstance(failure.value, CommandError)  # Alembic's command line: FAILED: <message>
+        assert "`backfill run players_team_id`" in str(failure.value)
+        assert revision(db) == "0003_teams" and columns(db, "players")["team_id"] is True
+    with pytest.raises(UnfinishedBackfillError, match=f"about {ROWS:,} rows are left, more than the 100 a migration"):
+        command.upgrade(alembic(db, x=["backfill_finalize_max_rows=100"]), "head")
+    monkeypatch.setenv("BACKFILL_FINALIZE", "sometimes")
+    with pytest.raises(CommandError, match="BACKFILL_FINALIZE must be one of auto, always, never: got 'sometimes'"):
+        command.upgrade(alembic(db), "head")
+    assert db.scalar("SELECT count(team_id) FROM players") == 0
+
+    monkeypatch.setenv("BACKFILL_FINALIZE", "always")
+    command.upgrade(alembic(db, x=["backfill_finalize_max_rows=100"]), "head")
+    assert columns(db, "players")["team_id"] is False
+    assert db.scalar("SELECT count(team_id) FROM players") == ROWS
+
+
+FAILED = "ERROR [alembic.util.messaging]"  # the example's alembic.ini sets up logging
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_alembic_prints_an_operations_mistake_as_one_failed_line(empty: Database, tmp_path: Path) -> None:
+    """Alembic's own command line, on a revision that names a backfill that does not exist and
+    on one that is too early: its one-line error (``FAILED: <message>``, or with logging set up
+    by alembic.ini, ``ERROR [alembic.util.messaging] <message>``), no traceback, nothing changed."""
+    db = empty
+    shutil.copy(ROOT / "alembic.ini", tmp_path / "alembic.ini")
+    shutil.copytree(ROOT / "migrations", tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "migrations" / "versions" / "0006_typo.py").write_text(
+        'from alembic import op\n\nrevision = "0006_typo"\ndown_revision = "0005_drop_players_team"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        'def upgrade() -> None:\n    op.ensure_backfill_finished("players_team_idd")\n\n\n'
+        "def downgrade() -> None:\n    pass\n"
+    )
+    env = {**os.environ, "BACKFILL_DATABASE_URL": db.url, "PYTHONPATH": str(ROOT)}
+
+    def upgrade(target: str, *x: str) -> subprocess.CompletedProcess[str]:
+        args = [str(Path(sys.executable).with_name("alembic")), *(f"-x{a}" for a in x), "upgrade", target]
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert upgrade("0003_teams").returncode == 0
+    seed = upgrade("0004_team_id_not_null", "backfill_finalize=never")
+    assert seed.returncode != 0 and "Traceback" not in seed.stderr
+    assert f"{FAILED} backfill 'players_team_id' is not finished" in seed.stderr, seed.stderr
+    assert revision(db) == "0003_teams"
+
+    assert upgrade("0005_drop_players_team").returncode == 0
+    typo = upgrade("head")
+    assert typo.returncode != 0 and "Traceback" not in typo.stderr
+    assert f"{FAILED} unknown backfill 'players_team_idd'" in typo.stderr, typo.stderr
+    assert revision(db) == "0005_drop_players_team"
