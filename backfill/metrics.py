@@ -11,9 +11,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 
-from backfill import tables
 from backfill.progress import measure
 from backfill.status import BatchStatus, RunStatus
 from backfill.store import Store
@@ -66,19 +64,10 @@ class StoreCollector(Collector):
         yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, held, durations)
 
     def _durations(self, run_id: int) -> tuple[list[tuple[str, float]], float]:
-        """Histogram buckets of batch durations, counted by the database in one query."""
-        b = tables.batches
-        ms = b.c.duration_ms
-        columns = [func.sum(case((ms <= bound * 1000, 1), else_=0)) for bound in BUCKETS_SECONDS]
-        query = select(*columns, func.count(), func.coalesce(func.sum(ms), 0)).where(
-            b.c.run_id == run_id, b.c.status == BatchStatus.SUCCEEDED
-        )
-        with self.store.reading() as connection:
-            row = connection.execute(query).one()
-        count, total_ms = int(row[-2]), float(row[-1])
-        buckets = [(str(bound), float(row[i] or 0)) for i, bound in enumerate(BUCKETS_SECONDS)]
+        counts, count, seconds = self.store.duration_counts(run_id, BUCKETS_SECONDS)
+        buckets = [(str(bound), float(n)) for bound, n in zip(BUCKETS_SECONDS, counts, strict=True)]
         buckets.append(("+Inf", float(count)))
-        return buckets, total_ms / 1000
+        return buckets, seconds
 
 
 def serve(store: Store, port: int, addr: str = "0.0.0.0") -> None:

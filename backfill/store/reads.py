@@ -3,9 +3,10 @@ rows done in a window, and the database's clock."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from backfill import tables
 from backfill.clock import plus_seconds
@@ -58,6 +59,19 @@ class ReadsMixin(StoreBase):
             oldest_dispatch_at=min(dispatched, default=None),
             first_lease_end=min(leases, default=None),
         )
+
+    def duration_counts(self, run_id: int, bounds_seconds: Sequence[float]) -> tuple[list[int], int, float]:
+        """How many of the run's succeeded batches took at most each bound, how many there
+        are, and their total seconds: a histogram, counted by the database in one query."""
+        b = batches.c
+        ms = b.duration_ms
+        columns = [func.sum(case((ms <= bound * 1000, 1), else_=0)) for bound in bounds_seconds]
+        query = select(*columns, func.count(), func.coalesce(func.sum(ms), 0)).where(
+            b.run_id == run_id, b.status == BatchStatus.SUCCEEDED.value
+        )
+        with self.reading() as conn:
+            row = conn.execute(query).one()
+        return [int(row[i] or 0) for i in range(len(bounds_seconds))], int(row[-2]), float(row[-1]) / 1000
 
     def recent_batches(self, run_id: int, limit: int = 10) -> list[BatchRecord]:
         """The run's latest finished batches, newest first."""
