@@ -143,10 +143,12 @@ def run_celery(
     db: scenario.BenchDatabase, args: argparse.Namespace, work: Path, parallelism: int | None = None
 ) -> dict[str, Any]:
     """(e): workers and scheduler up first (not timed), then the run from ``start`` to finished."""
-    cluster = Cluster(db.url_text, work, workers=args.workers, tick_seconds=args.tick_seconds)
+    tick = {"BACKFILL_TICK_SECONDS": str(args.tick_seconds)} if args.tick_seconds is not None else {}
+    cluster = Cluster(db.url_text, work, app="example_app.backfills", label="bench", **tick)
     engine = make_engine(db.url)
     try:
-        cluster.start()
+        cluster.start_worker("worker", args.workers, timeout=90)
+        cluster.start_scheduler(wait=90)
         app = App(engine, Registry.of(players_team_id, source="example_app.backfills"))
 
         def body() -> dict[str, Any]:

@@ -41,40 +41,54 @@ def service_missing(service: str, how_to_start: str, error: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A database of this test run's own on the PostgreSQL server; yields its URL."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+@dataclass(frozen=True)
+class Server:
+    """A database server the suite creates a database of its own on."""
+
+    name: str
+    admin_url: str
+    how_to_start: str
+    create: str
+    drop: str
+    autocommit: bool
+
+
+SERVERS = {
+    "postgres": Server(
+        "PostgreSQL", POSTGRES_ADMIN_URL, POSTGRES_START,
+        'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', autocommit=True,
+    ),
+    "mariadb": Server(
+        "MariaDB", MARIADB_ADMIN_URL, MARIADB_START,
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS `{name}`", autocommit=False,
+    ),
+}  # fmt: skip
+
+
+def database_of_this_run(server: Server) -> Iterator[str]:
+    """A database of this test run's own on ``server``, dropped at the end; yields its URL."""
+    admin = create_engine(server.admin_url, **({"isolation_level": "AUTOCOMMIT"} if server.autocommit else {}))
     name = f"backfill_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        with admin.begin() as connection:
+            connection.execute(text(server.create.format(name=name)))
     except OperationalError as exc:
         admin.dispose()
-        service_missing("PostgreSQL", POSTGRES_START, exc)
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        service_missing(server.name, server.how_to_start, exc)
+    yield make_url(server.admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.begin() as connection:
+        connection.execute(text(server.drop.format(name=name)))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    yield from database_of_this_run(SERVERS["postgres"])
 
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[str]:
-    """A database of this test run's own on the MariaDB server; yields its URL."""
-    admin = create_engine(MARIADB_ADMIN_URL)
-    name = f"backfill_test_{os.getpid()}_{secrets.token_hex(3)}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    except OperationalError as exc:
-        admin.dispose()
-        service_missing("MariaDB", MARIADB_START, exc)
-    url = make_url(MARIADB_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.begin() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-    admin.dispose()
+    yield from database_of_this_run(SERVERS["mariadb"])
 
 
 @dataclass

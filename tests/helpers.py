@@ -1,11 +1,33 @@
-"""Small things many tests share: the bad rows of the test app, a free port."""
+"""Small things many tests share: waiting for a condition, the bad rows of the test app, a free
+port."""
 
 from __future__ import annotations
 
 import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
 
 from tests.apps import counters
 from tests.conftest import Database
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], *, timeout: float = 30.0, what: str = "the condition", every: float = 0.05
+) -> T:
+    """Poll until ``condition()`` returns something truthy, and return it; past ``timeout``
+    seconds fail, naming what was awaited and the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {value!r})")
+        time.sleep(every)
 
 
 def poison(db: Database, *ids: int) -> None:
@@ -20,3 +42,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def fetch(url: str) -> str | None:
+    """A page's body, or None while the server is not answering yet."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import free_port, poison
+from tests.helpers import fetch, free_port, poison, wait_for
 from tests.test_engine import counter_histogram
 
 
@@ -263,11 +261,8 @@ def test_resume_after_the_runner_is_killed(db: Database) -> None:
         [sys.executable, "-m", "backfill", "run", "counter_slow", "--no-progress"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    done = 0
-    while time.monotonic() < deadline and done < 15:
-        time.sleep(0.05)
-        done = db.scalar("SELECT coalesce(max(batches_done), 0) FROM backfill_runs")  # type: ignore[assignment]
+    fifteen = "SELECT coalesce(max(batches_done), 0) >= 15 FROM backfill_runs"
+    wait_for(lambda: db.scalar(fifteen), timeout=60, what="fifteen batches")
     runner.send_signal(signal.SIGKILL)
     runner.wait(timeout=30)
     assert runner.returncode == -signal.SIGKILL
@@ -275,10 +270,11 @@ def test_resume_after_the_runner_is_killed(db: Database) -> None:
     assert 0 < histogram.get(1, 0) < 1000 and set(histogram) <= {0, 1}, histogram
     # Nobody runs it now, and status says so, with the command that continues it (the killed
     # runner's lease ends after three missed heartbeats of half a second).
-    deadline = time.monotonic() + 30
-    while (entry := json.loads(db.cli("status", "counter_slow", "--json").stdout))["stalled"] is None:
-        assert time.monotonic() < deadline, entry
-        time.sleep(0.5)
+    entry = wait_for(
+        lambda: (e := json.loads(db.cli("status", "counter_slow", "--json").stdout))["stalled"] and e,
+        what="status to call the run stalled",
+        every=0.5,
+    )
     assert "stopped answering" in entry["stalled"] and "backfill run counter_slow" in entry["stalled"]
     assert entry["status"] == "running" and entry["eta_seconds"] is None
     assert "stalled: a runner stopped answering" in db.cli("status", "counter_slow").stdout
@@ -395,7 +391,7 @@ def test_every_command_on_every_database(db: Database) -> None:
     port = free_port()
     server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
     try:
-        body = str(wait_for(lambda: _fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
+        body = str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
     finally:
         server.terminate()
         server.wait(10)
@@ -405,21 +401,3 @@ def test_every_command_on_every_database(db: Database) -> None:
     assert db.cli("cancel", "poisoned").returncode == 0 and status()["status"] == "cancelled"
     assert db.cli("wait", "poisoned", "--timeout", "10").returncode == 1
     assert counter_histogram(db, items) == {1: 300}
-
-
-def _fetch(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-    except OSError:
-        return None
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")

@@ -30,7 +30,7 @@ from backfill.store import Run
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import IN_CI, ROOT, Database
-from tests.helpers import free_port, poison
+from tests.helpers import free_port, poison, wait_for
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 
@@ -75,7 +75,7 @@ class Dashboard:
         self.page(browser, "/login")
         browser.find_element(By.ID, "token").send_keys(TOKEN)
         browser.find_element(By.ID, "login-submit").click()
-        wait_until(lambda: browser.find_elements(By.ID, "logout"))
+        wait_for(lambda: browser.find_elements(By.ID, "logout"))
 
 
 def start_dashboard(db: Database, tmp_path: Path, *, token: str | None) -> Dashboard:
@@ -111,16 +111,6 @@ def dashboard(db: Database, tmp_path: Path) -> Iterator[Dashboard]:
         server.process.wait(timeout=20)
 
 
-def wait_until(condition: object, timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()  # type: ignore[operator]
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def live_run(db: Database) -> Iterator[Run]:
     """counter_slow over 3,000 rows: ten-row batches of 30 ms each, so it runs for a while."""
@@ -128,7 +118,7 @@ def live_run(db: Database) -> Iterator[Run]:
     app = db.app()
     runner = threading.Thread(target=lambda: app.run("counter_slow"), daemon=True)
     runner.start()
-    run = wait_until(lambda: (r := app.store.latest_run("counter_slow")) and r.batches_done >= 2 and r)
+    run = wait_for(lambda: (r := app.store.latest_run("counter_slow")) and r.batches_done >= 2 and r)
     try:
         yield run  # type: ignore[misc]
     finally:
@@ -152,7 +142,7 @@ def test_the_progress_bar_moves_without_a_reload(browser: WebDriver, dashboard: 
     assert "counter_slow" in browser.find_element(By.ID, "runs").text
     before = bar_value(browser)
     browser.execute_script("window.__same_page = true")
-    wait_until(lambda: bar_value(browser) > before + 1, timeout=30)
+    wait_for(lambda: bar_value(browser) > before + 1, timeout=30)
     assert browser.execute_script("return window.__same_page") is True  # refreshed in place
     if os.environ.get("BACKFILL_UPDATE_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -204,7 +194,7 @@ def test_with_the_token_pause_pauses_the_run(
     dashboard.log_in(browser)
     dashboard.page(browser, "/runs/counter_slow")
     browser.find_element(By.ID, "action-pause").click()
-    wait_until(lambda: (notice := browser.find_elements(By.ID, "notice")) and "paused" in notice[0].text)
+    wait_for(lambda: (notice := browser.find_elements(By.ID, "notice")) and "paused" in notice[0].text)
     assert db.app().store.get_run(live_run.id).status is RunStatus.PAUSED
     by = db.scalar(
         "SELECT worker FROM backfill_events WHERE run_id = :r AND after = 'paused' ORDER BY id DESC LIMIT 1",

@@ -4,13 +4,12 @@ migration), and labelled as an estimate."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, text
 
 from backfill.estimate import EXACT_COUNT_BELOW, estimate_rows
 from tests.conftest import Database
+from tests.helpers import wait_for
 
 ROWS = EXACT_COUNT_BELOW + 20_000
 
@@ -29,11 +28,11 @@ def test_the_estimate_survives_full_table_updates(db: Database) -> None:
         with db.engine.begin() as connection:
             connection.execute(text("UPDATE estimated SET v = v + 1"))
 
-    deadline = time.monotonic() + 20  # PostgreSQL's statistics are a second or so behind
-    while True:
+    def estimate() -> tuple[int, bool] | None:
         with db.engine.connect() as connection:
             total, estimated = estimate_rows(connection, table)
-        if abs(total - ROWS) <= ROWS * 0.1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert estimated and abs(total - ROWS) <= ROWS * 0.1, f"estimated {total:,} rows of {ROWS:,}"
+        return (total, estimated) if abs(total - ROWS) <= ROWS * 0.1 else None
+
+    # PostgreSQL's statistics are a second or so behind the commits.
+    _, estimated = wait_for(estimate, timeout=20, what=f"an estimate within 10% of {ROWS:,} rows", every=0.2)
+    assert estimated

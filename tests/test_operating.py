@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -20,7 +18,7 @@ from backfill.tables import events
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import free_port, poison
+from tests.helpers import fetch, free_port, poison, wait_for
 from tests.test_cli import one_error_line
 from tests.test_engine import counter_histogram
 
@@ -36,15 +34,6 @@ def background(db: Database, *args: str, **env: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def until(condition: Any, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met in {timeout}s")
 
 
 def batches_done(db: Database) -> int:
@@ -161,7 +150,7 @@ def test_wait_exit_codes(db: Database) -> None:
 def test_watch_follows_a_run_to_its_end(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 301)))
     runner = background(db, "run", "counter_slow", "--no-progress")
-    until(lambda: batches_done(db) >= 1, what="first batch")
+    wait_for(lambda: batches_done(db) >= 1, what="first batch", timeout=60)
     watched = db.cli("watch", "counter_slow", "--interval", "0.2", timeout=120)
     runner.wait(60)
     assert watched.returncode == 0
@@ -184,7 +173,7 @@ def test_estimate_changes_nothing(db: Database) -> None:
 def test_tune_changes_a_running_run(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 1001)))
     runner = background(db, "run", "counter_slow", "--no-progress")
-    until(lambda: batches_done(db) >= 5, what="five batches")
+    wait_for(lambda: batches_done(db) >= 5, what="five batches", timeout=60)
     tuned = db.cli("tune", "counter_slow", "--batch-size", "40")
     assert tuned.returncode == 0 and "batch size 40" in tuned.stdout
     assert runner.wait(120) == 0
@@ -204,9 +193,13 @@ def test_a_stuck_batch_is_taken_back(db: Database) -> None:
     frozen = background(
         db, "run", "counter_sleepy", "--no-progress", "--threads", "1", "--parallelism", "1", **fast_heartbeat
     )
-    until(lambda: batches_done(db) >= 2, what="two batches")
+    wait_for(lambda: batches_done(db) >= 2, what="two batches", timeout=60)
     # Freeze it inside a batch's work (0.4 s of its transaction), not in its bookkeeping.
-    until(lambda: db.scalar("SELECT count(*) FROM backfill_batches WHERE status = 'running'"), what="a running batch")
+    wait_for(
+        lambda: db.scalar("SELECT count(*) FROM backfill_batches WHERE status = 'running'"),
+        what="a running batch",
+        timeout=60,
+    )
     time.sleep(0.1)
     frozen.send_signal(signal.SIGSTOP)
     try:
@@ -214,11 +207,12 @@ def test_a_stuck_batch_is_taken_back(db: Database) -> None:
         assert stuck is not None
         time.sleep(2)  # past the lease
         rescuer = background(db, "run", "counter_sleepy", "--no-progress", "--lock-timeout", "0.5", **fast_heartbeat)
-        until(
+        wait_for(
             lambda: db.scalar(
                 "SELECT count(*) FROM backfill_events WHERE batch_id = :b AND error LIKE '%stopped answering%'", b=stuck
             ),
             what="the stuck batch taken back",
+            timeout=60,
         )
     finally:
         frozen.send_signal(signal.SIGKILL)  # its transaction, and its row locks, go with it
@@ -237,13 +231,7 @@ def test_metrics_endpoint(db: Database) -> None:
     port = free_port()
     server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
     try:
-        body = ""
-        deadline = time.monotonic() + 30
-        while not body and time.monotonic() < deadline:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            except OSError:
-                time.sleep(0.2)
+        body = str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
     finally:
         server.terminate()
         server.wait(10)

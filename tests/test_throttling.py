@@ -17,6 +17,7 @@ from backfill.store import Run
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
+from tests.helpers import wait_for
 from tests.test_engine import counter_histogram
 
 
@@ -88,13 +89,6 @@ def run_in_background(db: Database, name: str, **overrides: Any) -> tuple[thread
     thread = threading.Thread(target=lambda: result.append(db.app().run(name, **overrides)))
     thread.start()
     return thread, result
-
-
-def wait_for(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.05)
 
 
 def test_an_application_health_check_holds_the_run(db: Database) -> None:

@@ -24,15 +24,15 @@ from sqlalchemy import text
 from backfill import BatchStatus, RunStatus
 from backfill.dispatch import Dispatcher
 from backfill.errors import RunStateError
-from backfill.store import Run, Store
+from backfill.store import BatchRecord, Run, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database, service_missing
-from tests.helpers import free_port, poison
+from tests.helpers import free_port, poison, wait_for
 from tests.test_alembic import alembic, columns, seed_players
 from tests.test_engine import counter_histogram
 from tests.test_throttling import rows_in_windows
-from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster
+from tests.workers_cluster import REDIS_START, REDIS_URL, Cluster, cluster_for
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 
@@ -43,7 +43,7 @@ def cluster(db: Database, tmp_path: Path) -> Iterator[Cluster]:
         redis.Redis.from_url(REDIS_URL).ping()
     except redis.RedisError as exc:
         service_missing("Redis", REDIS_START, exc)
-    cluster = Cluster(db, tmp_path)
+    cluster = cluster_for(db, tmp_path)
     try:
         yield cluster
     finally:
@@ -51,13 +51,14 @@ def cluster(db: Database, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def wait_for_run(db: Database, name: str, *, until: str = "over", timeout: float = 120) -> Run:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The run of ``name`` once it is over, or (``until`` a number) once that many batches are done."""
+
+    def there() -> Run | None:
         run = db.app().store.latest_run(name)
-        if run is not None and (run.status.is_over if until == "over" else run.batches_done >= int(until)):
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"run of {name} not there in {timeout}s: {db.app().store.latest_run(name)}")
+        reached = run is not None and (run.status.is_over if until == "over" else run.batches_done >= int(until))
+        return run if reached else None
+
+    return wait_for(there, timeout=timeout, what=f"the run of {name} ({until})", every=0.1)
 
 
 def assert_clean_finish(db: Database, name: str, rows: int) -> Run:
@@ -102,14 +103,14 @@ def test_a_worker_killed_mid_batch(db: Database, cluster: Cluster) -> None:
     cluster.start_scheduler()
     assert db.cli("start", "counter_sleepy").returncode == 0
     store = db.app().store
-    deadline = time.monotonic() + 60
-    victim = None
-    while victim is None and time.monotonic() < deadline:
+
+    def running_batch() -> BatchRecord | None:
         run = store.latest_run("counter_sleepy")
-        running = [b for b in store.batches_of(run.id, BatchStatus.RUNNING)] if run else []
-        victim = running[0] if running and run and run.batches_done >= 2 else None
-        time.sleep(0.05)
-    assert victim is not None and victim.worker is not None
+        running = store.batches_of(run.id, BatchStatus.RUNNING) if run and run.batches_done >= 2 else []
+        return running[0] if running else None
+
+    victim = wait_for(running_batch, timeout=60, what="a running batch after two done")
+    assert victim.worker is not None
     os.kill(int(victim.worker.split(":")[1]), signal.SIGKILL)
 
     run = assert_clean_finish(db, "counter_sleepy", 500)
@@ -160,14 +161,13 @@ def test_a_worker_connection_killed_mid_batch(db: Database, cluster: Cluster) ->
     cluster.start_scheduler()
     assert db.cli("start", "counter_sleepy").returncode == 0
     wait_for_run(db, "counter_sleepy", until="2")
-    deadline = time.monotonic() + 30
-    killed = 0
-    while not killed and time.monotonic() < deadline:
-        killed = db.scalar(
+    killed = wait_for(
+        lambda: db.scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%' AND state = 'active'"
-        )  # type: ignore[assignment]
-        time.sleep(0.05)
+        ),
+        what="a batch's connection to terminate",
+    )
     assert killed
 
     run = assert_clean_finish(db, "counter_sleepy", 300)
@@ -242,7 +242,7 @@ def test_the_deploy_recipe_with_workers(empty: Database, tmp_path: Path) -> None
     command.upgrade(alembic(db), "0001_players")
     team_of = seed_players(db)
     command.upgrade(alembic(db), "0003_teams")
-    cluster = Cluster(db, tmp_path, BACKFILL_APP="example_app.backfills")
+    cluster = cluster_for(db, tmp_path, BACKFILL_APP="example_app.backfills")
     try:
         cluster.start_worker("w1", concurrency=2)
         cluster.start_scheduler()
