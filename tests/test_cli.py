@@ -23,8 +23,9 @@ from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import fetch, free_port, poison, wait_for
+from tests.helpers import poison, wait_for
 from tests.test_engine import counter_histogram
+from tests.test_operating import metrics_page
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -358,7 +359,6 @@ def test_every_command_on_every_database(db: Database) -> None:
     """The whole command set, as an operator strings it together, on SQLite, PostgreSQL and
     MariaDB: estimate, start, pause, resume, tune, run (a batch fails), retry, run, wait,
     metrics, then a new run cancelled. Every row is processed exactly once."""
-    from tests.test_operating import background
 
     counters.fill(db.engine, items, list(range(1, 301)))
     poison(db, 120)
@@ -388,13 +388,7 @@ def test_every_command_on_every_database(db: Database) -> None:
     assert db.cli("wait", "poisoned", "--timeout", "10").returncode == 0
     assert counter_histogram(db, items) == {1: 300}
 
-    port = free_port()
-    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
-    try:
-        body = str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
-    finally:
-        server.terminate()
-        server.wait(10)
+    body = metrics_page(db)
     assert 'backfill_run_status{backfill="poisoned",run="1",status="finished"} 1.0' in body
 
     assert db.cli("start", "poisoned").returncode == 0

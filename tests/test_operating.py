@@ -36,6 +36,17 @@ def background(db: Database, *args: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
+def metrics_page(db: Database) -> str:
+    """What ``backfill metrics`` serves, read once from a real server process."""
+    port = free_port()
+    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
+    try:
+        return str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def batches_done(db: Database) -> int:
     return int(db.scalar("SELECT coalesce(max(batches_done), 0) FROM backfill_runs") or 0)  # type: ignore[call-overload]
 
@@ -228,13 +239,7 @@ def test_a_stuck_batch_is_taken_back(db: Database) -> None:
 def test_metrics_endpoint(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 251)))
     assert db.cli("run", "counter_int", "--no-progress").returncode == 0
-    port = free_port()
-    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
-    try:
-        body = str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
-    finally:
-        server.terminate()
-        server.wait(10)
+    body = metrics_page(db)
     labels = 'backfill="counter_int",run="1"'
     assert f"backfill_rows_processed_total{{{labels}}} 250.0" in body
     assert f'backfill_batches{{{labels},status="succeeded"}} 5.0' in body
