@@ -3,14 +3,17 @@ port."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
 from tests.apps import counters
-from tests.conftest import Database
+from tests.conftest import ROOT, Database
 
 T = TypeVar("T")
 
@@ -51,3 +54,34 @@ def fetch(url: str) -> str | None:
             return str(response.read().decode())
     except OSError:
         return None
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A user mistake is exactly one line on stderr, never a traceback."""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def background(db: Database, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "backfill", *args],
+        cwd=ROOT,
+        env={**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_APP": "tests.apps.counters", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def metrics_page(db: Database) -> str:
+    """What ``backfill metrics`` serves, read once from a real server process."""
+    port = free_port()
+    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
+    try:
+        return str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -23,18 +23,8 @@ from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import poison, wait_for
+from tests.helpers import metrics_page, one_error_line, poison, wait_for
 from tests.test_engine import counter_histogram
-from tests.test_operating import metrics_page
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """A user mistake is exactly one line on stderr, never a traceback."""
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def no_runs(db: Database) -> bool:

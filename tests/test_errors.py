@@ -15,7 +15,7 @@ from sqlalchemy import make_url, select, text
 from backfill import tables
 from tests.apps.counters import contacts
 from tests.conftest import Database
-from tests.test_cli import one_error_line
+from tests.helpers import one_error_line
 
 
 def test_no_row_data_in_errors_unless_asked(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

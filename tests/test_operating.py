@@ -18,33 +18,10 @@ from backfill.tables import events
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import ROOT, Database
-from tests.helpers import fetch, free_port, poison, wait_for
-from tests.test_cli import one_error_line
+from tests.helpers import background, metrics_page, one_error_line, poison, wait_for
 from tests.test_engine import counter_histogram
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
-
-
-def background(db: Database, *args: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "backfill", *args],
-        cwd=ROOT,
-        env={**os.environ, "BACKFILL_DATABASE_URL": db.url, "BACKFILL_APP": "tests.apps.counters", **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def metrics_page(db: Database) -> str:
-    """What ``backfill metrics`` serves, read once from a real server process."""
-    port = free_port()
-    server = background(db, "metrics", "--port", str(port), "--addr", "127.0.0.1")
-    try:
-        return str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the metrics endpoint"))
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def batches_done(db: Database) -> int:
