@@ -4,7 +4,8 @@ import logging
 
 from backfill.app import App
 from backfill.definition import Backfill, Batch, Tuning, define
-from backfill.errors import BackfillError
+from backfill.errors import BackfillError, BackfillNotFinished
+from backfill.readiness import require_finished
 from backfill.registry import Registry
 from backfill.status import BatchStatus, Phase, RunStatus
 
@@ -15,6 +16,7 @@ __all__ = [
     "App",
     "Backfill",
     "BackfillError",
+    "BackfillNotFinished",
     "Batch",
     "BatchStatus",
     "Phase",
@@ -22,4 +24,5 @@ __all__ = [
     "RunStatus",
     "Tuning",
     "define",
+    "require_finished",
 ]

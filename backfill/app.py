@@ -139,8 +139,11 @@ class App:
     ) -> Run:
         """Run a backfill to its end in this process, continuing its active run if it has one
         (with ``overrides``, that run is tuned first, as ``tune`` would)."""
-        self.definitions.require(name)
+        definition = self.definitions.require(name)
         self.store.check_tables()
+        waiting = Planner(self.store, self.targets, clock=self.host.clock).waiting_for(definition)
+        if waiting:
+            raise RunStateError(f"backfill '{name}' runs after others, and is {waiting}; then run it again")
         run = self.store.active_run(name)
         if run is None:
             run = self.start(name, **overrides)

@@ -74,6 +74,10 @@ class Batch:
         return and_(row_compare(columns, ">=", self.first), row_compare(columns, "<=", self.last))
 
 
+Verify: TypeAlias = "str | TextClause | Callable[[Connection], int]"
+"""A post-condition: SQL returning how many rows are wrong (it must be 0), or a callable given a
+connection that returns that count."""
+
 MAX_COUNT = 2**31 - 1
 """Batch sizes, attempts and parallelism are stored in 32-bit integer columns."""
 DAY = 86_400.0
@@ -216,6 +220,8 @@ class Backfill:
     description: str = ""
     exclusive: bool = True
     health_checks: tuple[HealthCheck, ...] = ()
+    after: tuple[str, ...] = ()
+    verify: Verify | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -229,6 +235,16 @@ class Backfill:
         columns = (self.columns,) if isinstance(self.columns, str) else tuple(self.columns)
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "health_checks", tuple(self.health_checks))
+        after = (self.after,) if isinstance(self.after, str) else tuple(self.after)
+        if not all(isinstance(n, str) and n for n in after) or self.name in after:
+            raise DefinitionError(f"backfill {self.name!r}: after must name other backfills")
+        object.__setattr__(self, "after", after)
+        if isinstance(self.verify, str):
+            object.__setattr__(self, "verify", text(self.verify))
+        if self.verify is not None and not isinstance(self.verify, TextClause) and not callable(self.verify):
+            raise DefinitionError(
+                f"backfill {self.name!r}: verify must be SQL returning a count, or a callable given a connection"
+            )
         if not isinstance(self.table, str) or not self.table:
             raise DefinitionError(f"backfill {self.name!r}: table must be a table name")
         if isinstance(self.work, str):
@@ -256,6 +272,22 @@ class Backfill:
             return text(self.pending)  # type: ignore[return-value]
         return self.pending(table)
 
+    @property
+    def verify_text(self) -> str:
+        """The post-condition as an operator reads it in an error: the SQL, or the function's name."""
+        if isinstance(self.verify, TextClause):
+            return " ".join(self.verify.text.split())
+        return getattr(self.verify, "__qualname__", repr(self.verify))
+
+    def violations(self, connection: Connection) -> int:
+        """How many rows break the ``verify`` post-condition (0 without one)."""
+        if self.verify is None:
+            return 0
+        if isinstance(self.verify, TextClause):
+            return int(connection.execute(self.verify).scalar() or 0)
+        check: Callable[[Connection], int] = self.verify  # type: ignore[assignment]  # a str became text() at init
+        return int(check(connection))
+
     def run_work(self, connection: Connection, batch: Batch) -> int | None:
         """Run the work for one batch; returns the rows it changed, when that is known."""
         if isinstance(self.work, Executable):
@@ -277,6 +309,8 @@ def define(
     description: str = "",
     exclusive: bool = True,
     health_checks: tuple[HealthCheck, ...] = (),
+    after: str | tuple[str, ...] = (),
+    verify: Verify | None = None,
     **tuning: Any,
 ) -> Callable[[WorkFunction], Backfill]:
     """Decorator form for Python work: the function becomes the backfill (named after it unless
@@ -295,6 +329,8 @@ def define(
             description=description,
             exclusive=exclusive,
             health_checks=health_checks,
+            after=after,  # type: ignore[arg-type]
+            verify=verify,
         )
 
     return decorate

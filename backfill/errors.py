@@ -51,6 +51,12 @@ class DatabaseUnavailableError(BackfillError):
     exit_code = 1
 
 
+class BackfillNotFinished(BackfillError):
+    """Application code asked for a backfill's data (``require_finished``) before it is complete."""
+
+    exit_code = 1
+
+
 class RunFailedError(BackfillError):
     """A run ended failed or cancelled."""
 

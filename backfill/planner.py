@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from backfill import failures, health, keyset, sizing
 from backfill.clock import SYSTEM_CLOCK, Clock
-from backfill.definition import Key
+from backfill.definition import Backfill, Key
 from backfill.errors import AppError, PlanningError, TargetError
 from backfill.estimate import estimate_rows
 from backfill.keyset import encode_key
@@ -168,7 +169,7 @@ class Planner:
             open_batches.extend(new_batches)
         if run.planned_all and not open_batches:
             # The database decides: conclude() re-checks, under the run's lock, that no batch is open.
-            run = self.store.conclude(run, self._catchup_cursor(run))
+            run = self.store.conclude(run, self._catchup_cursor(run), self._verify(run))
             if run.status is RunStatus.RUNNING and not run.planned_all:
                 return self._tick(run, plan)
         return Plan(run, tuple(open_batches))
@@ -192,10 +193,39 @@ class Planner:
         target = self.targets.get(run.name)
         return None if target.definition.has_pending else target.decode(run.end_key)
 
+    def _verify(self, run: Run) -> Callable[[Connection], str | None] | None:
+        """The definition's post-condition, as the store checks it before a run may finish."""
+        definition = self.targets.get(run.name).definition
+        if definition.verify is None:
+            return None
+
+        def wrong(connection: Connection) -> str | None:
+            found = definition.violations(connection)
+            if not found:
+                return None
+            return (
+                f"verify found {found:,} row(s) still wrong: {definition.verify_text}; fix the work or the data, "
+                f"then `backfill retry {run.name}` checks again"
+            )
+
+        return wrong
+
+    def waiting_for(self, definition: Backfill) -> str | None:
+        """The first backfill this one runs ``after`` whose latest run is not finished, in words."""
+        for name in definition.after:
+            latest = self.store.latest_run(name)
+            if latest is None or latest.status is not RunStatus.FINISHED:
+                state = "it has never run" if latest is None else f"run {latest.id} is {latest.status}"
+                return f"waiting for backfill '{name}' to finish ({state}): `backfill run {name}`"
+        return None
+
     def _hold_reason(self, run: Run) -> str | None:
-        """Why no new batch should start now: the database's health (checked every
-        HEALTH_SECONDS per run; a check costs a few catalog queries). The rate cap is kept at
-        claim time, by the database (see ``Store.claim``)."""
+        """Why no new batch should start now: a backfill it runs after is not finished, or the
+        database's health (checked every HEALTH_SECONDS per run; a check costs a few catalog
+        queries). The rate cap is kept at claim time, by the database (see ``Store.claim``)."""
+        waiting = self.waiting_for(self.targets.get(run.name).definition)
+        if waiting:
+            return waiting
         checked_at, reason = self._health.get(run.id, (float("-inf"), None))
         if self.clock.monotonic() - checked_at >= HEALTH_SECONDS:
             definition = self.targets.get(run.name).definition

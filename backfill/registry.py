@@ -25,6 +25,33 @@ class Registry(Mapping[str, Backfill]):
     definitions: Mapping[str, Backfill]
     source: str = ""
 
+    def __post_init__(self) -> None:
+        """Every backfill a definition runs ``after`` is defined too, and none waits on itself
+        through others: refused when the definitions load, not when a run would wait for ever."""
+        where = self.source or "the app"
+        for definition in self.definitions.values():
+            missing = [name for name in definition.after if name not in self.definitions]
+            if missing:
+                raise AppError(
+                    f"backfill '{definition.name}' runs after {', '.join(repr(m) for m in missing)}, "
+                    f"which {where} does not define: fix the name in after=, or define it"
+                )
+        for name in sorted(self.definitions):
+            cycle = self._cycle_from(name, ())
+            if cycle:
+                raise AppError(
+                    f"backfills in {where} wait on each other in a cycle: {' -> '.join(cycle)}: remove one of the after="
+                )
+
+    def _cycle_from(self, name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if name in path:
+            return (*path[path.index(name) :], name)
+        for before in self.definitions[name].after:
+            cycle = self._cycle_from(before, (*path, name))
+            if cycle:
+                return cycle
+        return None
+
     def __getitem__(self, name: str) -> Backfill:
         return self.definitions[name]
 

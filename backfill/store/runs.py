@@ -194,12 +194,16 @@ class RunsMixin(StoreBase):
             )
             return self._run(conn, run.id)
 
-    def conclude(self, run: Run, catchup_cursor: Key | None) -> Run:
+    def conclude(
+        self, run: Run, catchup_cursor: Key | None, verify: Callable[[Connection], str | None] | None = None
+    ) -> Run:
         """End a phase whose batches are all planned, if the database agrees that none is open.
 
         With failed batches the run fails; else the main sweep hands over to the final pass, or
-        the final pass finishes the run. Each is one guarded statement, decided under the run
-        row's lock from the batch rows as they are — never from a list read earlier.
+        the final pass finishes the run — unless ``verify`` (the definition's post-condition,
+        checked in the same transaction, under the run's lock) says what is still wrong: then
+        the run fails with that. Each is one guarded statement, decided under the run row's lock
+        from the batch rows as they are — never from a list read earlier.
         """
         with self.begin() as conn:
             self._lock_run(conn, run.id)
@@ -236,6 +240,15 @@ class RunsMixin(StoreBase):
                     note = f"final pass: {current.final_pass.value.replace('_', ' ')}"
                     self._record(
                         conn, Event(backfill=current.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note)
+                    )
+            elif (wrong := verify(conn) if verify is not None and current.phase is Phase.CATCHUP else None) is not None:
+                statement = self._move_run(run.id, STOP, last_error=wrong).where(
+                    runs.c.phase == Phase.CATCHUP.value, *ready, ~has_failed_batch(run.id)
+                )
+                if conn.execute(statement).rowcount:
+                    self._record(
+                        conn,
+                        Event(backfill=current.name, run_id=run.id, after=STOP.target, before=RUNNING, error=wrong),
                     )
             else:
                 statement = self._move_run(
