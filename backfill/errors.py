@@ -6,7 +6,7 @@ single line and exits with its ``exit_code``. Anything else is a bug and keeps i
 
 from __future__ import annotations
 
-from alembic.util import CommandError
+from typing import Any
 
 
 class BackfillError(Exception):
@@ -63,20 +63,33 @@ class RunFailedError(BackfillError):
     exit_code = 1
 
 
-class MigrationError(BackfillError, CommandError):
-    """A mistake met inside an Alembic operation. Alembic's command line prints its own
-    ``CommandError`` as one ``FAILED: <message>`` line, and anything else as a traceback."""
+def __getattr__(name: str) -> Any:
+    """The Alembic operations' errors subclass Alembic's ``CommandError``; they are made on
+    first use, so that every ``backfill`` command does not pay for importing Alembic."""
+    if name not in _MIGRATION_ERRORS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from alembic.util import CommandError
+
+    class MigrationError(BackfillError, CommandError):
+        """A mistake met inside an Alembic operation. Alembic's command line prints its own
+        ``CommandError`` as one ``FAILED: <message>`` line, and anything else as a traceback."""
+
+    class UnfinishedBackfillError(MigrationError):
+        """A revision needs a backfill to be finished and it is not."""
+
+        exit_code = 1
+
+    class NullValuesError(MigrationError):
+        """NOT NULL was asked for while rows still hold NULL."""
+
+    class OfflineModeError(MigrationError):
+        """The operation cannot be written down as SQL for ``alembic upgrade --sql``."""
+
+    made = {c.__name__: c for c in (MigrationError, UnfinishedBackfillError, NullValuesError, OfflineModeError)}
+    for made_name, made_class in made.items():
+        made_class.__module__ = __name__
+        globals()[made_name] = made_class
+    return made[name]
 
 
-class UnfinishedBackfillError(MigrationError):
-    """A revision needs a backfill to be finished and it is not."""
-
-    exit_code = 1
-
-
-class NullValuesError(MigrationError):
-    """NOT NULL was asked for while rows still hold NULL."""
-
-
-class OfflineModeError(MigrationError):
-    """The operation cannot be written down as SQL for ``alembic upgrade --sql``."""
+_MIGRATION_ERRORS = ("MigrationError", "UnfinishedBackfillError", "NullValuesError", "OfflineModeError")

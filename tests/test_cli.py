@@ -56,6 +56,7 @@ def test_user_mistakes_are_one_line_and_change_nothing(db: Database, args: list[
     assert no_runs(db)
 
 
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # settings are read before any database
 def test_bad_settings_are_one_line(db: Database) -> None:
     unknown_app = db.cli("list", app="no_such_module")
     assert unknown_app.returncode == 2
