@@ -111,8 +111,9 @@ class App:
 
     # -- starting and running -----------------------------------------------------------------
 
-    def start(self, name: str, **overrides: Any) -> Run:
-        """Record a run and fix its end; workers (or ``run``) do the batches."""
+    def start(self, name: str, *, started_by: str | None = None, **overrides: Any) -> Run:
+        """Record a run and fix its end; workers (or ``run``) do the batches. ``started_by``
+        names who asked (the CLI's ``cli:user@host``, or ``--by``): kept on the run."""
         definition = self.definitions.require(name)
         tuning = definition.tuning.replace(overrides)
         self.store.check_tables()
@@ -125,7 +126,7 @@ class App:
                 f"and '{name}' may not run beside it: wait for it (`backfill status {busy.name}`), "
                 "or mark both definitions exclusive=False"
             )
-        run = self.store.create_run(definition, tuning)
+        run = self.store.create_run(definition, tuning, started_by=started_by)
         return planner.activate(run)
 
     def run(
@@ -135,6 +136,7 @@ class App:
         threads: int | None = None,
         on_progress: Callable[[Run], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        started_by: str | None = None,
         **overrides: Any,
     ) -> Run:
         """Run a backfill to its end in this process, continuing its active run if it has one
@@ -146,7 +148,7 @@ class App:
             raise RunStateError(f"backfill '{name}' runs after others, and is {waiting}; then run it again")
         run = self.store.active_run(name)
         if run is None:
-            run = self.start(name, **overrides)
+            run = self.start(name, started_by=started_by, **overrides)
         elif run.status is RunStatus.PAUSED:
             raise RunStateError(f"backfill '{name}' is paused: `backfill resume {name}` first")
         else:

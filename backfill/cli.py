@@ -130,13 +130,17 @@ def init_db(ctx: click.Context) -> None:
     click.echo("checkpoint tables ready")
 
 
+BY = click.option("--by", metavar="TEXT", help="Who starts the run, kept on it (default: cli:user@host).")
+
+
 @main.command()
 @click.argument("name")
+@BY
 @tuning_options
 @click.pass_context
-def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
+def start(ctx: click.Context, /, name: str, by: str | None, **overrides: Any) -> None:
     """Start a run for workers to execute."""
-    run = _app(ctx, "backfill start").start(name, **overrides)
+    run = _app(ctx, "backfill start").start(name, started_by=by or _actor(), **overrides)
     click.echo(
         f"started {name}: run {run.id}, {run.rows_total} rows{' (estimate)' if run.rows_total_estimated else ''}"
     )
@@ -146,14 +150,17 @@ def start(ctx: click.Context, /, name: str, **overrides: Any) -> None:
 @click.argument("name")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads running batches (default: parallelism).")
 @click.option("--progress/--no-progress", default=True, help="Show a live progress bar.")
+@BY
 @tuning_options
 @click.pass_context
-def run(ctx: click.Context, /, name: str, threads: int | None, progress: bool, **overrides: Any) -> None:
+def run(
+    ctx: click.Context, /, name: str, threads: int | None, progress: bool, by: str | None, **overrides: Any
+) -> None:
     """Run a backfill to completion in this process (continues its active run)."""
     app = _app(ctx, "backfill run", short=False)
     with ProgressBar(name, enabled=progress) as bar:
         try:
-            final = app.run(name, threads=threads, on_progress=bar.update, **overrides)
+            final = app.run(name, threads=threads, on_progress=bar.update, started_by=by or _actor(), **overrides)
         except KeyboardInterrupt:
             click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)
             sys.exit(130)

@@ -97,6 +97,7 @@ def details_view(details: RunDetails) -> Group:
     parts: list[RenderableType] = [
         status_table([details.progress]),
         f"final pass: {details.progress.final_pass_covers}",
+        f"started by: {details.progress.run.started_by or 'unknown'}",
     ]
     if details.progress.stalled:
         parts.insert(1, f"stalled: {details.progress.stalled}")

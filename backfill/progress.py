@@ -105,6 +105,7 @@ class RunProgress:
             "final_pass": run.final_pass.value,
             "final_pass_covers": self.final_pass_covers,
             "stalled": self.stalled,
+            "started_by": run.started_by,
         }
 
 

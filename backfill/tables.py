@@ -83,6 +83,7 @@ runs = Table(
     Column("updated_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp),
     Column("last_error", Text),
+    Column("started_by", String(255)),
 )
 
 batches = Table(

@@ -131,6 +131,7 @@ def test_ensure_without_finalize_fails_with_the_command_and_changes_nothing(empt
     assert columns(db, "players")["team_id"] is True
     assert db.scalar("SELECT count(team_id) FROM players") == 0
     assert check_constraints(db) == []
+    assert db.scalar("SELECT started_by FROM backfill_runs") == "migration"
 
     # The command it names does finish it, and then the revision passes without finalizing.
     store = Store(db.engine)

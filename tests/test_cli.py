@@ -168,6 +168,7 @@ def test_start_status_json_and_a_second_start(db: Database) -> None:
         250,
     )
     assert entry["batch_size"] == 100
+    assert entry["started_by"].startswith("cli:") and "@" in entry["started_by"]  # who, from where
 
     ran = db.cli("run", "counter_int", "--no-progress")
     assert ran.returncode == 0, ran.stderr

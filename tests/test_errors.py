@@ -112,3 +112,22 @@ def test_a_role_that_cannot_read_the_checkpoints_is_told_so(db: Database) -> Non
         result = as_role(db, url, "status")
         assert result.returncode == 1, result.stderr
         assert "the database refused" in one_error_line(result)
+
+
+def test_checkpoint_tables_of_an_older_backfill_are_brought_up_to_date(db: Database) -> None:
+    """A column added to the checkpoint tables since they were created is named by every
+    command, and ``init-db`` adds it in place, keeping the runs already recorded."""
+    assert db.cli("start", "counter_int").returncode == 0
+    with db.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE backfill_runs DROP COLUMN started_by"))
+    status = db.cli("status")
+    assert status.returncode == 2
+    assert "created by an older backfill (backfill_runs lacks started_by): run `backfill init-db`" in one_error_line(
+        status
+    )
+    assert db.cli("init-db").returncode == 0
+    shown = json.loads(db.cli("status", "--json").stdout)
+    assert [r["name"] for r in shown] == ["counter_int"] and shown[0]["started_by"] is None
+    assert db.cli("cancel", "counter_int").returncode == 0
+    assert db.cli("start", "counter_int", "--by", "alice (deploy 42)").returncode == 0
+    assert json.loads(db.cli("status", "counter_int", "--json").stdout)["started_by"] == "alice (deploy 42)"

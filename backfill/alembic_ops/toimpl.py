@@ -45,6 +45,9 @@ from backfill.status import RunStatus
 from backfill.store import Run, Store, statements
 from backfill.target import resolve
 
+MIGRATION_ACTOR = "migration"
+"""Who a run queued by a revision was started by, and who acts in the operations' events."""
+
 
 @Operations.implementation_for(CreateBackfillTablesOp)
 @for_alembic
@@ -90,7 +93,7 @@ def _queue_backfill(operations: Operations, operation: QueueBackfillOp) -> None:
     if latest is not None and latest.status is RunStatus.FINISHED:
         logger.info("backfill %s has finished already (run %s, %s): not queued again", *ident(latest))
         return
-    run = store.create_run(definition, tuning, connection=connection)
+    run = store.create_run(definition, tuning, connection=connection, started_by=MIGRATION_ACTOR)
     logger.info("backfill %s queued (run %s): workers start it once this migration commits", run.name, run.id)
 
 

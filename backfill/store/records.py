@@ -73,6 +73,8 @@ class Run:
     updated_at: datetime
     finished_at: datetime | None
     last_error: str | None
+    started_by: str | None = None
+    """Who recorded the run: ``cli:user@host`` (or ``start --by``), ``migration``."""
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
@@ -220,9 +222,10 @@ class Completed:
     """Planned batches of the run still free after this commit (None: not counted)."""
 
 
-def new_run_values(definition: Backfill, tuning: Tuning, now: Any) -> dict[str, Any]:
+def new_run_values(definition: Backfill, tuning: Tuning, now: Any, started_by: str | None = None) -> dict[str, Any]:
     """The row of a newly queued run (also rendered into SQL scripts by the Alembic ops)."""
     return {
+        "started_by": started_by,
         "name": definition.name,
         "active_name": definition.name,
         "status": RunStatus.PENDING.value,

@@ -39,13 +39,23 @@ def has_failed_batch(run_id: int) -> Any:
 
 
 class RunsMixin(StoreBase):
-    def create_run(self, definition: Backfill, tuning: Tuning, *, connection: Connection | None = None) -> Run:
+    def create_run(
+        self,
+        definition: Backfill,
+        tuning: Tuning,
+        *,
+        connection: Connection | None = None,
+        started_by: str | None = None,
+    ) -> Run:
         """Record a new pending run; refuses when the name already has an active one."""
-        values = new_run_values(definition, tuning, self.now())
+        values = new_run_values(definition, tuning, self.now(), started_by)
         try:
             with self._borrowed_or_new(connection) as conn:
                 run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()
-                self._record(conn, Event(backfill=definition.name, run_id=run_id, after=RunStatus.PENDING))
+                self._record(
+                    conn,
+                    Event(backfill=definition.name, run_id=run_id, after=RunStatus.PENDING, worker=started_by),
+                )
                 return self._run(conn, run_id)
         except IntegrityError:
             active = self.active_run(definition.name, connection=connection)

@@ -9,8 +9,9 @@ database as it found it, and the next ``init-db`` starts clean.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, inspect
+from sqlalchemy import Column, Connection, Engine, Table, inspect
 from sqlalchemy.exc import DBAPIError
 
 from backfill import tables
@@ -21,9 +22,11 @@ def create_checkpoint_tables(bind: Engine | Connection) -> None:
     if isinstance(bind, Connection):  # a migration's: its transaction decides
         _refuse_foreign_tables(bind)
         tables.metadata.create_all(bind)
+        _add_missing_columns(bind)
         return
     with bind.begin() as connection:
         _refuse_foreign_tables(connection)
+        _add_missing_columns(connection)
         if connection.dialect.name not in ("mysql", "mariadb"):
             tables.metadata.create_all(connection)
             return
@@ -42,7 +45,7 @@ def create_checkpoint_tables(bind: Engine | Connection) -> None:
 
 
 def check_checkpoint_tables(bind: Engine | Connection) -> None:
-    """The checkpoint tables exist and are ours, or the error that says what to do."""
+    """The checkpoint tables exist, are ours and are up to date, or the error that says what to do."""
     _refuse_foreign_tables(bind)
     inspector = inspect(bind)
     if not all(inspector.has_table(t.name, t.schema) for t in tables.metadata.sorted_tables):
@@ -50,6 +53,44 @@ def check_checkpoint_tables(bind: Engine | Connection) -> None:
             "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
             "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
         )
+    missing = _missing_columns(inspector)
+    if missing:
+        lacks = "; ".join(f"{table.name} lacks {', '.join(c.name for c in columns)}" for table, columns in missing)
+        raise StoreMissingError(
+            f"the checkpoint tables were created by an older backfill ({lacks}): run `backfill init-db` to add "
+            "what is missing (nothing else changes)"
+        )
+
+
+ADDED_LATER = {"backfill_runs": ("started_by",)}
+"""Columns newer than the first release of the checkpoint tables: nullable, so that ``init-db``
+adds them to an existing installation in place. A table lacking any other column is not ours."""
+
+
+def _missing_columns(inspector: Any) -> list[tuple[Table, list[Column[Any]]]]:
+    found = []
+    for table in tables.metadata.sorted_tables:
+        if not inspector.has_table(table.name, table.schema):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
+        lacking = [c for c in table.columns if c.name not in present]
+        if lacking:
+            found.append((table, lacking))
+    return found
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    """Bring tables of an older backfill up to date, with Alembic's own ADD COLUMN."""
+    missing = _missing_columns(inspect(connection))
+    if not missing:
+        return
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    operations = Operations(MigrationContext.configure(connection))
+    for table, columns in missing:
+        for column in columns:
+            operations.add_column(table.name, column.copy(), schema=table.schema)
 
 
 def _refuse_foreign_tables(bind: Engine | Connection) -> None:
@@ -60,7 +101,8 @@ def _refuse_foreign_tables(bind: Engine | Connection) -> None:
         if not inspector.has_table(table.name, table.schema):
             continue
         present = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
-        lacking = [c.name for c in table.columns if c.name not in present]
+        later = ADDED_LATER.get(table.name, ())
+        lacking = [c.name for c in table.columns if c.name not in present and c.name not in later]
         if lacking:
             raise ConfigurationError(
                 f"a table named '{table.name}' exists but is not one of backfill's checkpoint tables "
