@@ -304,6 +304,7 @@ def test_a_batch_waits_no_longer_than_its_lock_timeout_and_retries(db: Database)
     assert blocked.attempts > 1
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # the same code on every database: one is enough
 def test_an_operator_with_the_database_url_alone(db: Database) -> None:
     """Everything that reads or changes only the checkpoint tables works without the definitions."""
     counters.fill(db.engine, items, list(range(1, 501)))
