@@ -5,6 +5,7 @@ import logging
 from backfill.app import App
 from backfill.definition import Backfill, Batch, Tuning, define
 from backfill.errors import BackfillError, BackfillNotFinished
+from backfill.params import Param
 from backfill.readiness import require_finished
 from backfill.registry import Registry
 from backfill.status import BatchStatus, Phase, RunStatus
@@ -19,6 +20,7 @@ __all__ = [
     "BackfillNotFinished",
     "Batch",
     "BatchStatus",
+    "Param",
     "Phase",
     "Registry",
     "RunStatus",

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from backfill import params as run_params
 from backfill.clock import SERVER_TIME, DatabaseTime
 from backfill.database import display_url, make_engine
 from backfill.definition import Backfill
@@ -111,11 +112,20 @@ class App:
 
     # -- starting and running -----------------------------------------------------------------
 
-    def start(self, name: str, *, started_by: str | None = None, **overrides: Any) -> Run:
+    def start(
+        self,
+        name: str,
+        *,
+        started_by: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Run:
         """Record a run and fix its end; workers (or ``run``) do the batches. ``started_by``
-        names who asked (the CLI's ``cli:user@host``, or ``--by``): kept on the run."""
+        names who asked (the CLI's ``cli:user@host``, or ``--by``): kept on the run. ``params``
+        are the run's parameter values (text is parsed: ``--param k=v``), checked first."""
         definition = self.definitions.require(name)
         tuning = definition.tuning.replace(overrides)
+        arguments = definition.bind_arguments(params or {})
         self.store.check_tables()
         self.targets.get(name)
         planner = Planner(self.store, self.targets, clock=self.host.clock)
@@ -126,7 +136,7 @@ class App:
                 f"and '{name}' may not run beside it: wait for it (`backfill status {busy.name}`), "
                 "or mark both definitions exclusive=False"
             )
-        run = self.store.create_run(definition, tuning, started_by=started_by)
+        run = self.store.create_run(definition, tuning, started_by=started_by, arguments=arguments)
         return planner.activate(run)
 
     def run(
@@ -137,10 +147,12 @@ class App:
         on_progress: Callable[[Run], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
         started_by: str | None = None,
+        params: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> Run:
         """Run a backfill to its end in this process, continuing its active run if it has one
-        (with ``overrides``, that run is tuned first, as ``tune`` would)."""
+        (with ``overrides``, that run is tuned first, as ``tune`` would; ``params`` must then be
+        the ones it was started with)."""
         definition = self.definitions.require(name)
         self.store.check_tables()
         waiting = Planner(self.store, self.targets, clock=self.host.clock).waiting_for(definition)
@@ -148,9 +160,15 @@ class App:
             raise RunStateError(f"backfill '{name}' runs after others, and is {waiting}; then run it again")
         run = self.store.active_run(name)
         if run is None:
-            run = self.start(name, started_by=started_by, **overrides)
+            run = self.start(name, started_by=started_by, params=params, **overrides)
         elif run.status is RunStatus.PAUSED:
             raise RunStateError(f"backfill '{name}' is paused: `backfill resume {name}` first")
+        elif params and run.params != run_params.encode(definition.parameters, definition.bind_arguments(params)):
+            raise RunStateError(
+                f"backfill '{name}' has an active run (run {run.id}) with other parameters "
+                f"({run_params.shown(run.params)}): run it without --param to continue it, "
+                f"or `backfill cancel {name}` first"
+            )
         else:
             self.targets.get(name)
             if any(v is not None for v in overrides.values()):
@@ -201,7 +219,7 @@ class App:
             with self.store.reading() as connection:
                 for batch in self.store.batches_of(run.id, BatchStatus.FAILED):
                     if known:
-                        spans = self.targets.get(name).halves(connection, batch)
+                        spans = self.targets.for_run(run).halves(connection, batch)
                     else:
                         spans = halves_by_key(connection, run, batch)
                     if len(spans) > 1:
@@ -232,10 +250,14 @@ class App:
                 return WaitResult(tuple(runs), timed_out=True)
             time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
 
-    def estimate(self, name: str, *, samples: int = 3, **overrides: Any) -> Estimate:
+    def estimate(
+        self, name: str, *, samples: int = 3, params: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> Estimate:
         """Time a few batches in transactions that are rolled back; nothing is recorded."""
         definition = self.definitions.require(name)
-        return estimate(self.store, self.targets.get(name), definition.tuning.replace(overrides), samples=samples)
+        tuning = definition.tuning.replace(overrides)
+        target = self.targets.bound(name, definition.bind_arguments(params or {}))
+        return estimate(self.store, target, tuning, samples=samples)
 
     def details(self, name: str) -> RunDetails:
         """The newest run of a backfill, with what an operator needs to diagnose it."""

@@ -26,11 +26,12 @@ from rich.live import Live
 from rich.table import Table
 
 from backfill import events
+from backfill import params as run_params
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV, command_timeout
 from backfill.display import ProgressBar, details_view, estimate_view, status_table
-from backfill.errors import ConfigurationError, RunFailedError
+from backfill.errors import ConfigurationError, DefinitionError, RunFailedError
 from backfill.metrics import serve
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
@@ -133,16 +134,36 @@ def init_db(ctx: click.Context) -> None:
 BY = click.option("--by", metavar="TEXT", help="Who starts the run, kept on it (default: cli:user@host).")
 
 
+def _assignments(ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]) -> dict[str, str]:
+    try:
+        return run_params.parse_assignments(pairs)
+    except DefinitionError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+PARAM = click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=_assignments,
+    help="A run parameter the backfill declares (repeat for each).",
+)
+
+
 @main.command()
 @click.argument("name")
 @BY
+@PARAM
 @tuning_options
 @click.pass_context
-def start(ctx: click.Context, /, name: str, by: str | None, **overrides: Any) -> None:
+def start(ctx: click.Context, /, name: str, by: str | None, params: dict[str, str], **overrides: Any) -> None:
     """Start a run for workers to execute."""
-    run = _app(ctx, "backfill start").start(name, started_by=by or _actor(), **overrides)
+    run = _app(ctx, "backfill start").start(name, started_by=by or _actor(), params=params, **overrides)
+    with_params = f" with {run_params.shown(run.params)}" if run.params else ""
     click.echo(
-        f"started {name}: run {run.id}, {run.rows_total} rows{' (estimate)' if run.rows_total_estimated else ''}"
+        f"started {name}: run {run.id}{with_params}, {run.rows_total} rows"
+        f"{' (estimate)' if run.rows_total_estimated else ''}"
     )
 
 
@@ -151,16 +172,26 @@ def start(ctx: click.Context, /, name: str, by: str | None, **overrides: Any) ->
 @click.option("--threads", type=click.IntRange(min=1), help="Threads running batches (default: parallelism).")
 @click.option("--progress/--no-progress", default=True, help="Show a live progress bar.")
 @BY
+@PARAM
 @tuning_options
 @click.pass_context
 def run(
-    ctx: click.Context, /, name: str, threads: int | None, progress: bool, by: str | None, **overrides: Any
+    ctx: click.Context,
+    /,
+    name: str,
+    threads: int | None,
+    progress: bool,
+    by: str | None,
+    params: dict[str, str],
+    **overrides: Any,
 ) -> None:
     """Run a backfill to completion in this process (continues its active run)."""
     app = _app(ctx, "backfill run", short=False)
     with ProgressBar(name, enabled=progress) as bar:
         try:
-            final = app.run(name, threads=threads, on_progress=bar.update, started_by=by or _actor(), **overrides)
+            final = app.run(
+                name, threads=threads, on_progress=bar.update, started_by=by or _actor(), params=params, **overrides
+            )
         except KeyboardInterrupt:
             click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)
             sys.exit(130)
@@ -255,11 +286,14 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -
 @click.argument("name")
 @click.option("--samples", type=click.IntRange(min=1, max=50), default=3, show_default=True, help="Batches to time.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@PARAM
 @tuning_options
 @click.pass_context
-def estimate(ctx: click.Context, /, name: str, samples: int, as_json: bool, **overrides: Any) -> None:
+def estimate(
+    ctx: click.Context, /, name: str, samples: int, as_json: bool, params: dict[str, str], **overrides: Any
+) -> None:
     """Time a few batches in rolled-back transactions and predict the run; changes nothing."""
-    result = _app(ctx, "backfill estimate", short=False).estimate(name, samples=samples, **overrides)
+    result = _app(ctx, "backfill estimate", short=False).estimate(name, samples=samples, params=params, **overrides)
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else estimate_view(result))
 
 

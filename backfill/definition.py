@@ -6,15 +6,19 @@ values, checked against the database only when a run starts (see ``target.resolv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
-from sqlalchemy import ColumnElement, Executable, TextClause, and_, or_, text
+from sqlalchemy import BindParameter, ColumnElement, Executable, TextClause, and_, or_, text
+from sqlalchemy.sql import visitors
 
+from backfill import params as run_params
 from backfill.errors import DefinitionError
+from backfill.params import Param
 from backfill.status import Phase
 
 if TYPE_CHECKING:
@@ -50,11 +54,14 @@ class Batch:
     first: Key
     last: Key
     rows: int
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    """The run's parameters (see ``Backfill.params``), by name."""
 
     def params(self) -> dict[str, Any]:
-        """Bind parameters for SQL work: ``first``/``last`` for a one-column key, and
-        ``first_<col>``/``last_<col>`` for every column (also for a one-column key)."""
-        params: dict[str, Any] = {}
+        """Bind parameters for SQL work: the run's parameters, ``first``/``last`` for a
+        one-column key, and ``first_<col>``/``last_<col>`` for every column (also for a
+        one-column key)."""
+        params: dict[str, Any] = dict(self.arguments)
         for column, first, last in zip(self.key_columns, self.first, self.last, strict=True):
             params[f"first_{column}"] = first
             params[f"last_{column}"] = last
@@ -207,6 +214,12 @@ class Backfill:
     ``exclusive`` backfills have their table to themselves: another run on the same table waits
     (when queued) or is refused (when started by hand) until it is over. Two backfills run on one
     table together only when neither is exclusive.
+
+    ``params`` declares the run parameters (``{"tenant_id": int}``, or ``Param``s with defaults):
+    each run is started with its values (``backfill start NAME --param tenant_id=42``,
+    ``op.queue_backfill(NAME, params={...})``), checked against these types, and they are bound
+    as ``:tenant_id`` in ``work``, ``pending`` and ``verify`` SQL, and given to Python work as
+    ``batch.arguments``. ``arguments`` holds one run's values; ``with_arguments`` sets them.
     """
 
     name: str
@@ -222,10 +235,13 @@ class Backfill:
     health_checks: tuple[HealthCheck, ...] = ()
     after: tuple[str, ...] = ()
     verify: Verify | None = None
+    params: Mapping[str, type | Param] | tuple[Param, ...] = ()
+    arguments: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise DefinitionError(f"backfill name {self.name!r} is not valid: use letters, digits, '_', '.', '-'")
+        object.__setattr__(self, "params", run_params.declared(self.params, self.name))
         key = (self.key,) if isinstance(self.key, str) else tuple(self.key)
         if not key or not all(isinstance(c, str) and c for c in key):
             raise DefinitionError(f"backfill {self.name!r}: key must name one or more columns")
@@ -257,6 +273,34 @@ class Backfill:
             object.__setattr__(self, "description", self.work.__doc__.strip().splitlines()[0])
 
     @property
+    def parameters(self) -> tuple[Param, ...]:
+        return self.params  # type: ignore[return-value]  # made a tuple of Params at init
+
+    def bind_arguments(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """A new run's parameter values, checked and converted (raises naming the mistake)."""
+        return run_params.bind(self.parameters, given, self.name)
+
+    def with_arguments(self, values: Mapping[str, Any]) -> Backfill:
+        """This definition as one run sees it: its SQL bound to the run's parameter values."""
+        if not self.parameters and not values:
+            return self
+        return dataclasses.replace(self, arguments=dict(values))
+
+    def _bound(self, clause: Any) -> Any:
+        """A clause with the run's values in its ``:name`` parameters (a copy; the definition's
+        own clause is shared by every run). A parameter without a value binds NULL, which is
+        how ``resolve`` probes a predicate before any run exists."""
+        if not self.parameters:
+            return clause
+        values = {p.name: self.arguments.get(p.name) for p in self.parameters}
+
+        def give(bind: BindParameter[Any]) -> None:
+            if bind.key in values:
+                bind.value, bind.required = values[bind.key], False
+
+        return visitors.cloned_traverse(clause, {}, {"bindparam": give})
+
+    @property
     def has_pending(self) -> bool:
         """Whether the final pass can tell which rows still need the work."""
         return self.pending is not None or bool(self.columns)
@@ -269,8 +313,8 @@ class Backfill:
                 return None
             return or_(*(table.c[name].is_(None) for name in self.columns))
         if isinstance(self.pending, str):
-            return text(self.pending)  # type: ignore[return-value]
-        return self.pending(table)
+            return self._bound(text(self.pending))  # type: ignore[no-any-return]
+        return self._bound(self.pending(table))  # type: ignore[no-any-return]
 
     @property
     def verify_text(self) -> str:
@@ -284,7 +328,7 @@ class Backfill:
         if self.verify is None:
             return 0
         if isinstance(self.verify, TextClause):
-            return int(connection.execute(self.verify).scalar() or 0)
+            return int(connection.execute(self._bound(self.verify)).scalar() or 0)
         check: Callable[[Connection], int] = self.verify  # type: ignore[assignment]  # a str became text() at init
         return int(check(connection))
 
@@ -311,6 +355,7 @@ def define(
     health_checks: tuple[HealthCheck, ...] = (),
     after: str | tuple[str, ...] = (),
     verify: Verify | None = None,
+    params: Mapping[str, type | Param] | tuple[Param, ...] = (),
     **tuning: Any,
 ) -> Callable[[WorkFunction], Backfill]:
     """Decorator form for Python work: the function becomes the backfill (named after it unless
@@ -331,6 +376,7 @@ def define(
             health_checks=health_checks,
             after=after,  # type: ignore[arg-type]
             verify=verify,
+            params=params,
         )
 
     return decorate

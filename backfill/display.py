@@ -6,6 +6,7 @@ from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from backfill import params as run_params
 from backfill.app import RunDetails
 from backfill.estimate import Estimate
 from backfill.progress import RunProgress, duration
@@ -78,7 +79,7 @@ def status_table(runs: list[RunProgress]) -> Table:
         elif p.stalled:
             status += " (stalled)"
         table.add_row(
-            run.name,
+            f"{run.name} ({run_params.shown(run.params)})" if run.params else run.name,
             str(run.id),
             status,
             _bar(p.fraction) + percent,
@@ -99,6 +100,8 @@ def details_view(details: RunDetails) -> Group:
         f"final pass: {details.progress.final_pass_covers}",
         f"started by: {details.progress.run.started_by or 'unknown'}",
     ]
+    if details.progress.run.params:
+        parts.append(f"parameters: {run_params.shown(details.progress.run.params)}")
     if details.progress.stalled:
         parts.insert(1, f"stalled: {details.progress.stalled}")
     if details.failed:

@@ -104,7 +104,7 @@ class Executor:
         commit: the claim, the checkpoint, the counters and the events ride on that statement.
         """
         try:
-            target = self.targets.get(run.name)
+            target = self.targets.for_run(run)
         except (AppError, TargetError) as exc:
             # Not this process's to run (its definitions are older), or the definition no
             # longer fits the table: the planner says so on the run; the batch stays unclaimed.

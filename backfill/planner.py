@@ -99,7 +99,7 @@ class Planner:
         earlier = [r for r in self.store.active_runs_on(run.table_name, run.schema_name) if r.id < run.id]
         if self.conflicting(run.name, earlier) is not None:
             return run  # queued behind a run that needs the table to itself
-        target = self.targets.get(run.name)
+        target = self.targets.for_run(run)
         with self._planning(run), self.store.reading() as connection:
             end = keyset.last_key(connection, target.key_columns)
             total, estimated = estimate_rows(connection, target.table)
@@ -190,12 +190,12 @@ class Planner:
     def _catchup_cursor(self, run: Run) -> Key | None:
         """Where the final pass starts: with a pending predicate, at the start of the key space
         (it looks for pending rows everywhere); without one, at the end of the main sweep."""
-        target = self.targets.get(run.name)
+        target = self.targets.for_run(run)
         return None if target.definition.has_pending else target.decode(run.end_key)
 
     def _verify(self, run: Run) -> Callable[[Connection], str | None] | None:
         """The definition's post-condition, as the store checks it before a run may finish."""
-        definition = self.targets.get(run.name).definition
+        definition = self.targets.for_run(run).definition
         if definition.verify is None:
             return None
 
@@ -228,7 +228,7 @@ class Planner:
             return waiting
         checked_at, reason = self._health.get(run.id, (float("-inf"), None))
         if self.clock.monotonic() - checked_at >= HEALTH_SECONDS:
-            definition = self.targets.get(run.name).definition
+            definition = self.targets.for_run(run).definition
             with self.store.reading() as connection:
                 reason = health.unhealthy(connection, definition, run.tuning)
             self._health[run.id] = (self.clock.monotonic(), reason)
@@ -262,7 +262,7 @@ class Planner:
     def _plan(self, run: Run, count: int) -> tuple[Run, list[BatchRecord]] | None:
         """Plan up to ``count`` batches; (run, []) once the phase has no keys left, or None when
         another planner changed the run first."""
-        target = self.targets.get(run.name)
+        target = self.targets.for_run(run)
         catchup = run.phase is Phase.CATCHUP
         size = run.tuning.batch_size
         if run.tuning.max_rows_per_second:

@@ -106,6 +106,7 @@ class RunProgress:
             "final_pass_covers": self.final_pass_covers,
             "stalled": self.stalled,
             "started_by": run.started_by,
+            "params": run.params,
         }
 
 

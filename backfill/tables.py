@@ -84,6 +84,8 @@ runs = Table(
     Column("finished_at", Timestamp),
     Column("last_error", Text),
     Column("started_by", String(255)),
+    # The run's parameter values (see backfill.params), in their JSON form; NULL: none declared.
+    Column("params", JSON),
 )
 
 batches = Table(

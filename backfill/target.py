@@ -6,7 +6,9 @@ anything, so a wrong name or a non-unique key is one clear error and no change.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from backfill import keyset
+from backfill import keyset, params
 from backfill.definition import Backfill, Batch, Key
 from backfill.errors import TargetError
 from backfill.failures import error_text
@@ -64,6 +66,7 @@ class Target:
             first=first,
             last=last,
             rows=record.rows,
+            arguments=self.definition.arguments,
         )
 
     def pending_in(self, record: BatchRecord) -> ColumnElement[bool] | None:
@@ -180,6 +183,7 @@ class Targets:
         self.bind = bind
         self.definitions = definitions
         self._resolved: dict[str, Target] = {}
+        self._runs: dict[int, Target] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Target:
@@ -195,3 +199,19 @@ class Targets:
                             target = resolve(connection, self.definitions.require(name))
                     self._resolved[name] = target
         return target
+
+    def for_run(self, run: Run) -> Target:
+        """The target as a run sees it: its definition bound to the run's parameter values
+        (kept per run, so the per-batch path binds nothing)."""
+        target = self.get(run.name)
+        if not target.definition.parameters:
+            return target
+        bound = self._runs.get(run.id)
+        if bound is None:
+            bound = self._runs[run.id] = self.bound(run.name, params.decode(target.definition.parameters, run.params))
+        return bound
+
+    def bound(self, name: str, arguments: Mapping[str, Any]) -> Target:
+        """The target with its definition's SQL bound to these parameter values."""
+        target = self.get(name)
+        return dataclasses.replace(target, definition=target.definition.with_arguments(arguments))

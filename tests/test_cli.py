@@ -56,6 +56,30 @@ def test_user_mistakes_are_one_line_and_change_nothing(db: Database, args: list[
     assert no_runs(db)
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # bound the same way everywhere (test_run_features)
+def test_run_parameters_on_the_command_line(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 101)))
+    for args, expected in [
+        ([], "backfill 'counter_from' needs parameter low: int: give it with --param low=VALUE"),
+        (["--param", "low"], "--param 'low' is not NAME=VALUE: write it as --param tenant_id=42"),
+        (["--param", "low=1", "--param", "low=2"], "--param low is given twice"),
+        (["--param", "low=1e400"], "parameter 'low' must be integer (for example low=42), got '1e400'"),
+        (["--param", "low=1", "--param", "tenant=7"], "backfill 'counter_from' has no parameter tenant"),
+    ]:
+        result = db.cli("start", "counter_from", *args)
+        assert result.returncode == 2 and expected in one_error_line(result)
+    assert no_runs(db)
+
+    started = db.cli("start", "counter_from", "--param", "low=41", "--param", "step=2")
+    assert started.returncode == 0 and "with low=41, step=2" in started.stdout
+    status = db.cli("status")
+    assert "counter_from (low=41, step=2)" in status.stdout
+    assert json.loads(db.cli("status", "counter_from", "--json").stdout)["params"] == {"low": 41, "step": 2}
+    assert "parameters: low=41, step=2" in db.cli("status", "counter_from").stdout
+    assert db.cli("run", "counter_from", "--no-progress").returncode == 0
+    assert counter_histogram(db, items) == {0: 40, 2: 60}
+
+
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # settings are read before any database
 def test_bad_settings_are_one_line(db: Database) -> None:
     unknown_app = db.cli("list", app="no_such_module")

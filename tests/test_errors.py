@@ -119,11 +119,13 @@ def test_checkpoint_tables_of_an_older_backfill_are_brought_up_to_date(db: Datab
     command, and ``init-db`` adds it in place, keeping the runs already recorded."""
     assert db.cli("start", "counter_int").returncode == 0
     with db.engine.begin() as connection:
-        connection.execute(text("ALTER TABLE backfill_runs DROP COLUMN started_by"))
+        for column in ("started_by", "params"):
+            connection.execute(text(f"ALTER TABLE backfill_runs DROP COLUMN {column}"))
     status = db.cli("status")
     assert status.returncode == 2
-    assert "created by an older backfill (backfill_runs lacks started_by): run `backfill init-db`" in one_error_line(
-        status
+    assert (
+        "created by an older backfill (backfill_runs lacks started_by, params): run `backfill init-db`"
+        in one_error_line(status)
     )
     assert db.cli("init-db").returncode == 0
     shown = json.loads(db.cli("status", "--json").stdout)
@@ -131,3 +133,6 @@ def test_checkpoint_tables_of_an_older_backfill_are_brought_up_to_date(db: Datab
     assert db.cli("cancel", "counter_int").returncode == 0
     assert db.cli("start", "counter_int", "--by", "alice (deploy 42)").returncode == 0
     assert json.loads(db.cli("status", "counter_int", "--json").stdout)["started_by"] == "alice (deploy 42)"
+    assert db.cli("cancel", "counter_int").returncode == 0
+    assert db.cli("start", "counter_from", "--param", "low=3").returncode == 0
+    assert json.loads(db.cli("status", "counter_from", "--json").stdout)["params"] == {"low": 3, "step": 1}

@@ -1,13 +1,18 @@
 """Run-level features: a backfill that runs after others, a post-condition checked before a run
-may finish, and application code that waits for a backfill's data."""
+may finish, application code that waits for a backfill's data, and run parameters."""
 
 from __future__ import annotations
 
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from alembic.util import CommandError
 
+import backfill.alembic_ops  # noqa: F401  (registers op.queue_backfill)
 from backfill import Backfill, BackfillNotFinished, Registry, RunStatus, require_finished
-from backfill.errors import AppError, RunStateError
+from backfill.errors import AppError, DefinitionError, RunStateError
 from backfill.planner import Planner
+from backfill.progress import measure
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
@@ -81,3 +86,49 @@ def test_application_code_waits_for_the_data(db: Database) -> None:
     require_finished("first", db.engine)
     app.store.drop_tables()  # the answer is kept: no query once it is yes
     require_finished("first", db.engine)
+
+
+def test_run_parameters_are_checked_stored_and_bound_in_the_sql(db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, ROWS + 1)))
+    app = db.app(counters.counter_from)
+    mistakes = [
+        ({}, "needs parameter low: int: give it with --param low=VALUE"),
+        ({"low": "fifty"}, "parameter 'low' must be integer \\(for example low=42\\), got 'fifty'"),
+        ({"low": "1", "lo": "2"}, "has no parameter lo \\(its parameters: low: int, step: int = 1\\)"),
+        ({"low": str(2**63)}, "parameter 'low' must be integer"),
+        ({"low": 1.5}, "parameter 'low' must be integer"),
+        ({"low": True}, "parameter 'low' must be integer"),
+    ]
+    for given, message in mistakes:
+        with pytest.raises(DefinitionError, match=message):
+            app.start("counter_from", params=given)
+    assert app.store.latest_run("counter_from") is None  # refused before anything was recorded
+
+    started = app.start("counter_from", params={"low": " 50 "}, started_by="test")
+    assert started.params == {"low": 50, "step": 1}
+    with pytest.raises(RunStateError, match="with other parameters \\(low=50, step=1\\)"):
+        app.run("counter_from", params={"low": "60"})
+    final = app.run("counter_from")  # continues the run with the values it was started with
+    assert final.status is RunStatus.FINISHED and final.params == {"low": 50, "step": 1}
+    assert counter_histogram(db, items) == {0: 49, 1: ROWS - 49}
+    assert measure(app.store, final).to_json()["params"] == {"low": 50, "step": 1}
+
+    again = app.run("counter_from", params={"low": 10, "step": 5})  # a new run, its own values
+    assert again.id != final.id and again.status is RunStatus.FINISHED
+    assert counter_histogram(db, items) == {0: 9, 5: 40, 1: ROWS - 49}
+
+
+def test_a_migration_queues_a_run_with_parameters(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    counters.fill(db.engine, items, list(range(1, ROWS + 1)))
+    app = db.app(counters.counter_from)
+    monkeypatch.setenv("BACKFILL_APP", "tests.apps.counters")
+    with db.engine.connect() as connection:
+        op = Operations(MigrationContext.configure(connection))
+        with connection.begin():
+            with pytest.raises(CommandError, match="needs parameter low"):
+                op.queue_backfill("counter_from")
+            op.queue_backfill("counter_from", params={"low": 100, "step": 3})
+    queued = app.store.active_run("counter_from")
+    assert queued is not None and queued.params == {"low": 100, "step": 3} and queued.started_by == "migration"
+    assert app.run("counter_from").status is RunStatus.FINISHED
+    assert counter_histogram(db, items) == {0: 99, 3: ROWS - 99}

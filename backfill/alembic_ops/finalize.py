@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +96,10 @@ def rows_left(app: App, name: str, run: Run | None) -> int:
         return estimate_rows(connection, target.table)[0]
 
 
-def run_inline(app: App, name: str, why: str, **overrides: Any) -> Run:
+def run_inline(app: App, name: str, why: str, *, params: Mapping[str, Any] | None = None, **overrides: Any) -> Run:
     logger.info("backfill %s: %s", name, why)
     started = time.monotonic()
-    final = app.run(name, on_progress=_ProgressLog(app, name, started).report, **overrides)
+    final = app.run(name, on_progress=_ProgressLog(app, name, started).report, params=params, **overrides)
     if final.status is not RunStatus.FINISHED:
         raise UnfinishedBackfillError(unfinished(app, name, final))
     logger.info(

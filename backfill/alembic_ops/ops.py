@@ -46,16 +46,24 @@ class QueueBackfillOp(MigrateOperation):
     needs is committed. Queuing a backfill that already has an active or a finished run does
     nothing (and says so in the log), so a revision can be run again safely.
 
+    ``params`` are the run's parameter values (see ``Backfill.params``), checked before anything
+    is written; a finished run counts only when it had the same values, so a revision can queue
+    the same backfill for another tenant. ``overrides`` are tuning settings.
+
     Offline (``--sql``) it renders an ``INSERT ... SELECT ... WHERE NOT EXISTS`` with the same
-    guard, its timestamps taken from the database clock when the script runs.
+    guard (any finished run counts), its timestamps taken from the database clock when the
+    script runs.
     """
 
     name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def queue_backfill(cls, operations: Operations, name: str, **overrides: Any) -> None:
-        operations.invoke(cls(name, overrides))
+    def queue_backfill(
+        cls, operations: Operations, name: str, *, params: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> None:
+        operations.invoke(cls(name, overrides, dict(params or {})))
 
     def reverse(self) -> ForgetBackfillOp:
         return ForgetBackfillOp(self.name)
@@ -121,10 +129,13 @@ class RunBackfillOp(MigrateOperation):
 
     name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def run_backfill(cls, operations: Operations, name: str, **overrides: Any) -> None:
-        operations.invoke(cls(name, overrides))
+    def run_backfill(
+        cls, operations: Operations, name: str, *, params: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> None:
+        operations.invoke(cls(name, overrides, dict(params or {})))
 
 
 @Operations.register_operation("add_not_null")

@@ -4,6 +4,7 @@ SQLAlchemy has no construct for."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -37,9 +38,13 @@ def _sql_utcnow(dialect: str) -> ColumnElement[datetime]:
     return func.current_timestamp()
 
 
-def offline_queue_statement(definition: Backfill, tuning: Tuning, dialect: str) -> Any:
+def offline_queue_statement(
+    definition: Backfill, tuning: Tuning, dialect: str, arguments: Mapping[str, Any] | None = None
+) -> Any:
     """The run row of ``Store.create_run``, as one guarded INSERT for a SQL script."""
-    return statements.queue_run(definition, tuning, _sql_utcnow(dialect), lambda c, v: _literal(c, v, dialect))
+    return statements.queue_run(
+        definition, tuning, _sql_utcnow(dialect), lambda c, v: _literal(c, v, dialect), arguments
+    )
 
 
 def _literal(target: Column[Any], value: Any, dialect: str) -> ColumnElement[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic.operations import Operations
 
-from backfill import tables
+from backfill import params, tables
 from backfill.alembic_ops.context import (
     dialect_name,
     existing_tables,
@@ -74,10 +74,11 @@ def _drop_backfill_tables(operations: Operations, operation: DropBackfillTablesO
 @Operations.implementation_for(QueueBackfillOp)
 @for_alembic
 def _queue_backfill(operations: Operations, operation: QueueBackfillOp) -> None:
-    definition = migration_definitions(operations)[operation.name]
+    definition = migration_definitions(operations).require(operation.name)
     tuning = definition.tuning.replace(operation.overrides)
+    arguments = definition.bind_arguments(operation.params)
     if offline(operations):
-        operations.execute(offline_queue_statement(definition, tuning, dialect_name(operations)))
+        operations.execute(offline_queue_statement(definition, tuning, dialect_name(operations), arguments))
         return
     connection = operations.get_bind()
     store = Store(connection)
@@ -90,10 +91,14 @@ def _queue_backfill(operations: Operations, operation: QueueBackfillOp) -> None:
         logger.info("backfill %s already has an active run (run %s, %s): not queued again", *ident(active))
         return
     latest = store.latest_run(definition.name, connection=connection)
-    if latest is not None and latest.status is RunStatus.FINISHED:
+    if (
+        latest is not None
+        and latest.status is RunStatus.FINISHED
+        and latest.params == params.encode(definition.parameters, arguments)
+    ):
         logger.info("backfill %s has finished already (run %s, %s): not queued again", *ident(latest))
         return
-    run = store.create_run(definition, tuning, connection=connection, started_by=MIGRATION_ACTOR)
+    run = store.create_run(definition, tuning, connection=connection, started_by=MIGRATION_ACTOR, arguments=arguments)
     logger.info("backfill %s queued (run %s): workers start it once this migration commits", run.name, run.id)
 
 
@@ -150,7 +155,9 @@ def _ensure_backfill_finished(operations: Operations, operation: EnsureBackfillF
 @for_alembic
 def _run_backfill(operations: Operations, operation: RunBackfillOp) -> None:
     definitions = migration_definitions(operations)
-    definitions.require(operation.name).tuning.replace(operation.overrides)
+    definition = definitions.require(operation.name)
+    definition.tuning.replace(operation.overrides)
+    definition.bind_arguments(operation.params)
     if offline(operations):
         raise OfflineModeError(
             f"op.run_backfill('{operation.name}') cannot be written as SQL: run this revision online "
@@ -158,7 +165,9 @@ def _run_backfill(operations: Operations, operation: RunBackfillOp) -> None:
         )
     app = App(operations.get_bind(), definitions)
     app.store.check_tables()
-    run_inline(app, operation.name, "running inline, inside this migration", **operation.overrides)
+    run_inline(
+        app, operation.name, "running inline, inside this migration", params=operation.params, **operation.overrides
+    )
 
 
 @Operations.implementation_for(AddNotNullOp)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Row
 
+from backfill import params
 from backfill.definition import Backfill, Tuning
 from backfill.events import Event
 from backfill.keyset import Span, encode_key
@@ -75,6 +76,9 @@ class Run:
     last_error: str | None
     started_by: str | None = None
     """Who recorded the run: ``cli:user@host`` (or ``start --by``), ``migration``."""
+    params: dict[str, Any] | None = None
+    """The run's parameter values in their stored (JSON) form; ``backfill.params.decode`` gives
+    them their types."""
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
@@ -222,10 +226,18 @@ class Completed:
     """Planned batches of the run still free after this commit (None: not counted)."""
 
 
-def new_run_values(definition: Backfill, tuning: Tuning, now: Any, started_by: str | None = None) -> dict[str, Any]:
-    """The row of a newly queued run (also rendered into SQL scripts by the Alembic ops)."""
+def new_run_values(
+    definition: Backfill,
+    tuning: Tuning,
+    now: Any,
+    started_by: str | None = None,
+    arguments: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The row of a newly queued run (also rendered into SQL scripts by the Alembic ops);
+    ``arguments`` are its parameter values, already checked (``Backfill.bind_arguments``)."""
     return {
         "started_by": started_by,
+        "params": params.encode(definition.parameters, arguments or {}),
         "name": definition.name,
         "active_name": definition.name,
         "status": RunStatus.PENDING.value,

@@ -46,9 +46,10 @@ class RunsMixin(StoreBase):
         *,
         connection: Connection | None = None,
         started_by: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> Run:
         """Record a new pending run; refuses when the name already has an active one."""
-        values = new_run_values(definition, tuning, self.now(), started_by)
+        values = new_run_values(definition, tuning, self.now(), started_by, arguments)
         try:
             with self._borrowed_or_new(connection) as conn:
                 run_id = conn.execute(runs.insert().values(values).returning(runs.c.id)).scalar_one()

@@ -62,7 +62,7 @@ def check_checkpoint_tables(bind: Engine | Connection) -> None:
         )
 
 
-ADDED_LATER = {"backfill_runs": ("started_by",)}
+ADDED_LATER = {"backfill_runs": ("started_by", "params")}
 """Columns newer than the first release of the checkpoint tables: nullable, so that ``init-db``
 adds them to an existing installation in place. A table lacking any other column is not ours."""
 

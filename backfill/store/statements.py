@@ -4,7 +4,7 @@ same writes online, so the two never disagree on a guard."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Delete, Insert, Select, exists, insert, or_, select
@@ -17,11 +17,18 @@ from backfill.store.records import new_run_values
 Literal = Callable[[Column[Any], Any], ColumnElement[Any]]
 
 
-def queue_run(definition: Backfill, tuning: Tuning, now: ColumnElement[Any], literal: Literal) -> Insert:
+def queue_run(
+    definition: Backfill,
+    tuning: Tuning,
+    now: ColumnElement[Any],
+    literal: Literal,
+    arguments: Mapping[str, Any] | None = None,
+) -> Insert:
     """The run row of ``Store.create_run`` as one INSERT, guarded as ``queue_backfill`` is:
-    nothing when the backfill has an active or a finished run."""
+    nothing when the backfill has an active or a finished run (a script cannot compare the
+    parameters of the finished one: PostgreSQL's ``json`` has no equality)."""
     runs = tables.runs
-    values = new_run_values(definition, tuning, now)
+    values = new_run_values(definition, tuning, now, arguments=arguments)
     row = [literal(runs.c[name], value).label(name) for name, value in values.items()]
     taken = exists().where(
         runs.c.name == definition.name,

@@ -25,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 
-from backfill import Backfill, Batch, Tuning, define
+from backfill import Backfill, Batch, Param, Tuning, define
 from backfill.database import make_engine
 
 metadata = MetaData()
@@ -288,5 +288,18 @@ counter_trapped = Backfill(
     # A predicate that works until `poison` holds two rows: then its subquery returns two.
     pending="done = 0 AND coalesce((SELECT id FROM poison), 0) >= 0",
     work=counter_pending.work,
+    tuning=small,
+)
+
+counter_from = Backfill(
+    name="counter_from",
+    table="items",
+    key="id",
+    # Run parameters, bound as :low and :step in the work, the predicate and the post-condition.
+    params={"low": int, "step": Param("step", int, default=1)},
+    pending="done = 0 AND id >= :low",
+    work="UPDATE items SET counter = counter + :step, done = 1 WHERE id BETWEEN :first AND :last "
+    "AND done = 0 AND id >= :low",
+    verify="SELECT count(*) FROM items WHERE done = 0 AND id >= :low",
     tuning=small,
 )
