@@ -27,8 +27,11 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
+# Two processes, a test file each at a time: every process has databases, Redis keys and Celery
+# queues of its own, and a file's tests share their fixtures.
+PYTEST_WORKERS ?= 2
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

@@ -46,6 +46,8 @@ class RunDetails:
     failed: tuple[BatchRecord, ...]
     recent: tuple[BatchRecord, ...]
     errors: tuple[EventRecord, ...]
+    actions: tuple[EventRecord, ...] = ()
+    """Who did what to the run (``Store.actions_of``), newest first."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,7 +62,16 @@ class RunDetails:
             "recent_errors": [
                 {"at": e.at.isoformat() + "Z", "batch": e.seq, "status": e.after, "error": e.error} for e in self.errors
             ],
+            "actions": [{"at": e.at.isoformat() + "Z", "action": action(e), "by": e.worker} for e in self.actions],
         }
+
+
+def action(event: EventRecord) -> str:
+    """An operator's action in words: the change it made, or what it noted (a tune's settings)."""
+    if event.before == event.after and event.error:
+        return event.error
+    change = f"{event.before or 'new'} -> {event.after}"
+    return f"{change} ({event.error})" if event.error else change
 
 
 class App:
@@ -172,7 +183,7 @@ class App:
         else:
             self.targets.get(name)
             if any(v is not None for v in overrides.values()):
-                run = self.tune(name, **overrides)
+                run = self.tune(name, actor=started_by, **overrides)
         runner = InlineRunner(
             self.store,
             self.targets,
@@ -267,6 +278,7 @@ class App:
             failed=tuple(self.store.batches_of(run.id, BatchStatus.FAILED)),
             recent=tuple(self.store.recent_batches(run.id)),
             errors=tuple(self.store.events_of(run.id, errors_only=True, limit=10)),
+            actions=tuple(self.store.actions_of(run.id)),
         )
 
     def progress(self, name: str | None = None) -> list[RunProgress]:

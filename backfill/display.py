@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 
 from backfill import params as run_params
-from backfill.app import RunDetails
+from backfill.app import RunDetails, action
 from backfill.estimate import Estimate
 from backfill.progress import RunProgress, duration
 from backfill.status import RunStatus
@@ -114,6 +114,11 @@ def details_view(details: RunDetails) -> Group:
         for b in details.recent:
             recent.add_row(str(b.seq), str(b.rows), f"{b.duration_ms or 0:.1f} ms", b.worker or "")
         parts.append(recent)
+    if details.actions:
+        actions = Table("at", "action", "by", title="operator actions", box=None)
+        for e in details.actions:
+            actions.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), action(e), e.worker or "")
+        parts.append(actions)
     if details.errors:
         errors = Table("at", "batch", "became", "error", title="recent errors", box=None)
         for e in details.errors:

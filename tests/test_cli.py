@@ -240,8 +240,17 @@ def test_pause_resume_cancel(db: Database) -> None:
     assert counter_histogram(db, items) == {0: 100}
 
     assert "is running" in db.cli("resume", "counter_int").stdout
-    assert db.cli("run", "counter_int", "--no-progress").returncode == 0
+    assert db.cli("run", "counter_int", "--no-progress", "--batch-size", "40", "--by", "deploy 7").returncode == 0
     assert counter_histogram(db, items) == {1: 100}
+    actions = json.loads(db.cli("status", "counter_int", "--json").stdout)["actions"]
+    assert [a["action"] for a in reversed(actions)] == [
+        "new -> pending",
+        "running -> paused",
+        "paused -> running",
+        "tuned: batch_size=40",
+    ]
+    who = [a["by"] for a in reversed(actions)]
+    assert who[:3] == [who[0]] * 3 and who[0].startswith("cli:") and who[3] == "deploy 7"
 
     assert db.cli("start", "counter_int").returncode == 0  # a finished run frees the name
     cancelled = db.cli("cancel", "counter_int")

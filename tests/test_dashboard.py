@@ -203,6 +203,17 @@ def test_with_the_token_pause_pauses_the_run(
     assert by == "dashboard"
     cookie = browser.get_cookie("backfill_session")
     assert cookie is not None and cookie["httpOnly"] and cookie.get("sameSite") == "Strict"
+    dashboard.page(browser, "/runs/counter_slow")  # who did it, beside who started the run
+    actions = browser.find_element(By.CSS_SELECTOR, "table.actions").text
+    assert "running -> paused dashboard" in actions
+
+
+def test_a_runs_parameters_are_shown(browser: WebDriver, dashboard: Dashboard, db: Database) -> None:
+    counters.fill(db.engine, items, list(range(1, 21)))
+    db.app().start("counter_from", params={"low": "5"}, started_by="cli:alice@ci")
+    dashboard.page(browser, "/runs/counter_from")
+    assert browser.find_element(By.CSS_SELECTOR, "td.params").text == "low=5, step=1"
+    assert browser.find_element(By.CSS_SELECTOR, "td.started-by").text == "cli:alice@ci"
 
 
 def test_a_forged_post_without_the_csrf_token_is_rejected(

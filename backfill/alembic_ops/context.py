@@ -26,6 +26,9 @@ from backfill.registry import APP_ENV, Registry, load
 
 logger = logging.getLogger("backfill.alembic")
 
+MIGRATION_ACTOR = "migration"
+"""Who a run queued by a revision was started by, and who acts in the operations' events."""
+
 APP_ATTRIBUTE = "backfill_app"
 """The key in ``config.attributes`` that names the definitions (see the module docstring)."""
 

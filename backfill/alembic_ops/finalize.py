@@ -15,6 +15,7 @@ from alembic.operations import Operations
 
 from backfill import environment
 from backfill.alembic_ops.context import (
+    MIGRATION_ACTOR,
     logger,
     x_arguments,
 )
@@ -99,7 +100,13 @@ def rows_left(app: App, name: str, run: Run | None) -> int:
 def run_inline(app: App, name: str, why: str, *, params: Mapping[str, Any] | None = None, **overrides: Any) -> Run:
     logger.info("backfill %s: %s", name, why)
     started = time.monotonic()
-    final = app.run(name, on_progress=_ProgressLog(app, name, started).report, params=params, **overrides)
+    final = app.run(
+        name,
+        on_progress=_ProgressLog(app, name, started).report,
+        started_by=MIGRATION_ACTOR,
+        params=params,
+        **overrides,
+    )
     if final.status is not RunStatus.FINISHED:
         raise UnfinishedBackfillError(unfinished(app, name, final))
     logger.info(

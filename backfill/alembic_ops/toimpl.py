@@ -7,6 +7,7 @@ from alembic.operations import Operations
 
 from backfill import params, tables
 from backfill.alembic_ops.context import (
+    MIGRATION_ACTOR,
     dialect_name,
     existing_tables,
     for_alembic,
@@ -44,9 +45,6 @@ from backfill.errors import (
 from backfill.status import RunStatus
 from backfill.store import Run, Store, statements
 from backfill.target import resolve
-
-MIGRATION_ACTOR = "migration"
-"""Who a run queued by a revision was started by, and who acts in the operations' events."""
 
 
 @Operations.implementation_for(CreateBackfillTablesOp)
@@ -146,7 +144,7 @@ def _ensure_backfill_finished(operations: Operations, operation: EnsureBackfillF
             why = f"about {left:,} rows are left, more than the {policy.max_rows:,} a migration finishes inline"
             raise UnfinishedBackfillError(unfinished(app, name, run, f"{why} ({FINALIZE_MAX_ROWS_ENV})"))
     if run is not None and run.status is RunStatus.FAILED:
-        _, requeued = app.retry(name)
+        _, requeued = app.retry(name, actor=MIGRATION_ACTOR)
         logger.info("backfill %s: %s failed batch(es) of run %s re-queued", name, requeued, run.id)
     run_inline(app, name, "finalizing inline, inside this migration")
 

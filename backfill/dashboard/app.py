@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from backfill.app import App
+from backfill.app import App, action
 from backfill.boundary import Cause, judge
 from backfill.dashboard.access import COOKIE, SESSION_SECONDS, Access
 from backfill.dashboard.charts import batch_charts
@@ -42,6 +42,7 @@ templates = Environment(
 
 
 templates.filters["duration"] = duration
+templates.filters["action"] = action
 templates.filters["shell"] = shlex.quote
 templates.filters["urlpart"] = lambda value: quote(str(value), safe="")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, null, select
 
 from backfill import tables
 from backfill.clock import plus_seconds
@@ -96,6 +96,20 @@ class ReadsMixin(StoreBase):
         )
         if errors_only:
             query = query.where(ev.c.error.is_not(None))
+        with self.reading() as conn:
+            return [EventRecord(**r._mapping) for r in conn.execute(query)]
+
+    def actions_of(self, run_id: int, *, limit: int = 10) -> list[EventRecord]:
+        """Who did what to the run, newest first: its run-level events that name an actor (the
+        start, pause, resume, cancel, retry and tune of the CLI, the dashboard or a migration;
+        the workers' own run changes name none)."""
+        ev = tables.events
+        query = (
+            select(ev, null().label("seq"))
+            .where(ev.c.run_id == run_id, ev.c.batch_id.is_(None), ev.c.worker.is_not(None))
+            .order_by(ev.c.id.desc())
+            .limit(limit)
+        )
         with self.reading() as conn:
             return [EventRecord(**r._mapping) for r in conn.execute(query)]
 
