@@ -4,7 +4,8 @@ Each move is one guarded statement (``WHERE status IN ...``, or the lease token 
 out), along an edge of ``backfill.transitions``, so two processes racing for the same move cannot
 both win: the loser sees a rowcount of zero. That is what makes a duplicate delivery, a second
 planner or a resumed runner harmless. The package is one ``Store``, in parts: ``runs`` (a
-run's life), ``retries`` (an operator's retry), ``planning`` (adding batches), ``leases``
+run's life), ``retries`` (an operator's retry), ``settings`` (tune, hold and the adapted
+batch size of a running run), ``planning`` (adding batches), ``leases``
 (batches in workers' hands), ``completion`` (how a claim ends; on PostgreSQL in one statement,
 ``completion_sql``) and ``reads``.
 """
@@ -29,9 +30,10 @@ from backfill.store.records import (
     utcnow,
 )
 from backfill.store.retries import RetriesMixin
+from backfill.store.settings import SettingsMixin
 
 
-class Store(RetriesMixin, PlanningMixin, CompletionMixin, ReadsMixin):
+class Store(RetriesMixin, SettingsMixin, PlanningMixin, CompletionMixin, ReadsMixin):
     """The checkpoint tables, through an engine or through one borrowed connection (see
     ``StoreBase``); ``time`` says whose clock stamps and compares its times (the database's)."""
 
