@@ -115,11 +115,19 @@ def tuning_options(command: F) -> F:
 def list_command(ctx: click.Context) -> None:
     """List the backfills the app defines."""
     registry = load(ctx.obj["app"], needed_by="backfill list")
-    table = Table("name", "table", "key", "batch size", "parallelism", "description", box=None)
+    table = Table("name", "table", "key", "batch size", "parallelism", "parameters", "description", box=None)
     for name in registry:
         d = registry.require(name)
         where = f"{d.schema}.{d.table}" if d.schema else d.table
-        table.add_row(name, where, ", ".join(d.key), str(d.tuning.batch_size), str(d.tuning.parallelism), d.description)
+        table.add_row(
+            name,
+            where,
+            ", ".join(d.key),
+            str(d.tuning.batch_size),
+            str(d.tuning.parallelism),
+            ", ".join(p.describe() for p in d.parameters),
+            d.description,
+        )
     console.print(table)
 
 
