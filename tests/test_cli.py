@@ -69,7 +69,7 @@ def test_run_parameters_on_the_command_line(db: Database) -> None:
         result = db.cli("start", "counter_from", *args)
         assert result.returncode == 2 and expected in one_error_line(result)
     assert no_runs(db)
-    listed = [line for line in db.cli("list").stdout.splitlines() if line.startswith("counter_from ")]
+    listed = [line for line in db.cli("list").stdout.splitlines() if line.split()[:1] == ["counter_from"]]
     assert len(listed) == 1 and "low: int, step: int = 1" in listed[0]
 
     started = db.cli("start", "counter_from", "--param", "low=41", "--param", "step=2")
