@@ -113,11 +113,6 @@ class Param:
         """The value as the run's JSON column keeps it."""
         return value.isoformat() if isinstance(value, date) else value
 
-    def decode(self, stored: Any) -> Any:
-        if stored is None or self.type not in (date, datetime):
-            return stored
-        return self.type.fromisoformat(stored)
-
     def describe(self) -> str:
         default = "" if self.required else f" = {self.default!r}"
         return f"{self.name}: {self.type.__name__}{default}"
@@ -172,12 +167,20 @@ def encode(params: tuple[Param, ...], values: Mapping[str, Any]) -> dict[str, An
 
 
 def decode(params: tuple[Param, ...], stored: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A run's stored values in their types; a parameter the run predates takes its default
-    (None when it has none: the definition gained a parameter after the run was recorded)."""
+    """A run's stored values in their types. A parameter the run predates takes its default; one
+    without a default, or a value the declared type no longer takes (the definition changed
+    after the run was recorded), raises: running on with NULL in its place could let the run
+    finish having done nothing."""
     stored = stored or {}
-    return {
-        p.name: p.decode(stored[p.name]) if p.name in stored else (None if p.required else p.default) for p in params
-    }
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.name in stored:
+            values[p.name] = p.coerce(stored[p.name])
+        elif p.required:
+            raise DefinitionError(f"has no value for parameter {p.describe()}, which the definition declares now")
+        else:
+            values[p.name] = p.default
+    return values
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:

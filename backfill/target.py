@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
 from backfill import keyset, params
 from backfill.definition import Backfill, Batch, Key
-from backfill.errors import TargetError
+from backfill.errors import DefinitionError, TargetError
 from backfill.failures import error_text
 from backfill.keyset import KEY_TYPES, Span, decode_key
 from backfill.registry import Registry
@@ -208,7 +208,14 @@ class Targets:
             return target
         bound = self._runs.get(run.id)
         if bound is None:
-            bound = self._runs[run.id] = self.bound(run.name, params.decode(target.definition.parameters, run.params))
+            try:
+                values = params.decode(target.definition.parameters, run.params)
+            except DefinitionError as exc:
+                raise TargetError(
+                    f"run {run.id} of backfill '{run.name}' {exc}: `backfill cancel {run.name}`, then start it "
+                    "again with its --param values"
+                ) from None
+            bound = self._runs[run.id] = self.bound(run.name, values)
         return bound
 
     def bound(self, name: str, arguments: Mapping[str, Any]) -> Target:

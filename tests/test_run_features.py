@@ -132,3 +132,17 @@ def test_a_migration_queues_a_run_with_parameters(db: Database, monkeypatch: pyt
     assert queued is not None and queued.params == {"low": 100, "step": 3} and queued.started_by == "migration"
     assert app.run("counter_from").status is RunStatus.FINISHED
     assert counter_histogram(db, items) == {0: 99, 3: ROWS - 99}
+
+
+def test_a_run_recorded_before_its_definition_gained_a_parameter_stops_instead_of_binding_null(
+    db: Database,
+) -> None:
+    counters.fill(db.engine, items, list(range(1, ROWS + 1)))
+    before = Backfill(name="by_low", table="items", key="id", work=BUMP)
+    run = db.app(before).start("by_low")
+    after = Backfill(name="by_low", table="items", key="id", work=f"{BUMP} AND id >= :low", params={"low": int})
+    final = db.app(after).run("by_low")
+    assert final.id == run.id and final.status is RunStatus.FAILED
+    assert final.last_error is not None and "has no value for parameter low: int" in final.last_error
+    assert "`backfill cancel by_low`, then start it again" in final.last_error
+    assert counter_histogram(db, items) == {0: ROWS}

@@ -73,6 +73,14 @@ def test_values_survive_the_runs_json_column(values: dict[str, object]) -> None:
     assert decode(declared, stored) == values
 
 
+def test_a_run_recorded_before_its_definition_changed_is_not_read_with_null() -> None:
+    assert decode((Param("step", int, default=1),), {}) == {"step": 1}
+    with pytest.raises(DefinitionError, match="has no value for parameter low: int"):
+        decode((Param("low", int),), {"other": 3})
+    with pytest.raises(DefinitionError, match="parameter 'low' must be integer"):
+        decode((Param("low", int),), {"low": "2024-06-01T00:00"})
+
+
 def test_declarations_that_cannot_work_are_refused_when_definitions_load() -> None:
     work = "UPDATE t SET x = 1 WHERE id BETWEEN :first AND :last"
     for params, message in [
