@@ -499,3 +499,16 @@ def test_squawk_is_not_run_without_a_postgresql_url(tmp_path: Path, monkeypatch:
     report = lint_paths(config=ROOT / "alembic.ini", database_url="sqlite:///app.db")
     assert report.findings == ()
     assert len(report.notes) == 1 and "needs a PostgreSQL URL" in report.notes[0]
+
+
+def test_the_pre_commit_hook_runs_on_revisions_only() -> None:
+    import yaml
+
+    (hook,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "backfill-lint" and hook["entry"] == "backfill lint" and hook["language"] == "python"
+    assert hook["pass_filenames"] is True
+    files = re.compile(hook["files"])
+    for path in ("migrations/versions/0003_teams.py", "app/alembic/versions/a1_x.py"):
+        assert files.search(path), path
+    for path in ("migrations/env.py", "backfill/cli.py", "migrations/versions/README"):
+        assert not files.search(path), path
