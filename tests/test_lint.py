@@ -512,3 +512,23 @@ def test_the_pre_commit_hook_runs_on_revisions_only() -> None:
         assert files.search(path), path
     for path in ("migrations/env.py", "backfill/cli.py", "migrations/versions/README"):
         assert not files.search(path), path
+
+
+def test_not_null_on_a_table_created_in_the_same_upgrade_is_instant_and_not_flagged(tmp_path: Path) -> None:
+    body = (
+        'op.create_table("clubs", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))\n'
+        'op.alter_column("clubs", "name", nullable=False)\n'
+        'op.alter_column("players", "team_id", nullable=False)'
+    )
+    path = revision(tmp_path, body)
+    assert found(lint(path)) == [("BF005", line_of(path, '"players", "team_id", nullable=False'))]
+
+
+def test_an_alembic_ini_nobody_asked_for_that_is_broken_only_skips_squawk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "alembic.ini").write_text("[alembic]\nsqlalchemy.url = postgresql://app@db/app\n")
+    monkeypatch.chdir(tmp_path)
+    report = lint_paths([FIXTURES / "row_loop.py"])
+    assert [f.code for f in report.findings] == ["BF004"]
+    assert len(report.notes) == 1 and "no script_location" in report.notes[0]

@@ -92,13 +92,19 @@ def lint_paths(
     path or an ini that does not exist and a file that is not Python."""
     ini = config or DEFAULT_CONFIG
     project: Project | None = None
+    notes: list[str] = []
     if not paths:
         project = read_project(ini)
         targets: list[Path] = list(project.versions)
     else:
         targets = list(paths)
-        if config is not None or ini.is_file():
+        if config is not None:
             project = read_project(ini)
+        elif ini.is_file():
+            try:
+                project = read_project(ini)
+            except ConfigurationError as exc:
+                notes.append(f"squawk was not run: {exc}")
     files = revision_files(targets)
     findings: list[Finding] = []
     revisions: dict[str, Revision] = {}
@@ -119,8 +125,7 @@ def lint_paths(
         revisions[name] = revision
         markers[name] = suppress.markers(source)
         findings.extend(suppress.apply(name, revision.findings, markers[name]))
-    notes: list[str] = []
-    if squawk:
+    if squawk and not notes:
         if project is None:
             notes.append(
                 f"squawk was not run: it reads the SQL `alembic upgrade --sql` renders, and {ini} is not here "

@@ -659,6 +659,8 @@ class _Function:
         )
 
     def _alter_column(self, call: ast.Call, statement: ast.stmt, receiver: ast.AST) -> None:
+        """NOT NULL on a column of a table the same function creates is instant (the table is
+        empty), so only the other tables count."""
         nullable = next((k.value for k in call.keywords if k.arg == "nullable"), None)
         if not (isinstance(nullable, ast.Constant) and nullable.value is False):
             return
@@ -668,7 +670,17 @@ class _Function:
         else:
             table = self.batches.get(receiver.id) if isinstance(receiver, ast.Name) else None
             column = self._literal(_argument(call, 0, "column_name"))
+        if table is not None and table in self._created_tables():
+            return
         self._not_null(call, statement, table, column)
+
+    def _created_tables(self) -> set[str]:
+        return {
+            name
+            for node in ast.walk(self.node)
+            if isinstance(node, ast.Call) and _method(node) == "create_table"
+            if (name := self._literal(_argument(node, 0, "table_name"))) is not None
+        }
 
     def _row_loop(self, loop: ast.For | ast.AsyncFor) -> bool:
         """A loop over query results that changes rows (or walks ORM objects): the rows go
