@@ -36,8 +36,10 @@ unit: $(VENV)/.installed-dev
 test: lint typecheck unit
 
 # The players/teams migration on PostgreSQL five ways; e.g. make bench BENCH_ARGS="--rows 200000"
+# then backfill lint over 1,000 generated revisions.
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.lint
 
 # The interleaving simulator at length: 100,000 schedules on SQLite, then a slice on PostgreSQL.
 soak: $(VENV)/.installed-dev

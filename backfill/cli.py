@@ -18,6 +18,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -426,6 +427,32 @@ def _export(ctx: click.Context, command: str) -> None:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:
         os.environ[DATABASE_URL_ENV] = ctx.obj["database_url"]
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Alembic's ini: its versions are linted when no PATHS are given, and squawk reads its offline SQL "
+    "[default: alembic.ini].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON for scripts.")
+@click.option(
+    "--squawk/--no-squawk", default=True, show_default=True, help="Check the offline SQL with squawk (PostgreSQL)."
+)
+@click.pass_context
+def lint(ctx: click.Context, /, paths: tuple[Path, ...], config: Path | None, as_json: bool, squawk: bool) -> None:
+    """Find data backfills hidden in Alembic revisions: exit 0 clean, 1 findings, 2 a usage error."""
+    from backfill.lint import lint_paths
+
+    report = lint_paths(paths, config=config, squawk=squawk, database_url=ctx.obj["database_url"])
+    for note in report.notes:
+        click.echo(note, err=True)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.text())
+    if not report.clean:
+        sys.exit(1)
 
 
 def entry_point(argv: Sequence[str] | None = None) -> None:

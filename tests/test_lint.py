@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from backfill import App, Registry
 from backfill.cli import entry_point
 from backfill.database import make_engine
-from backfill.lint import Report, lint_paths
+from backfill.lint import Report, lint_paths, squawk
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lint"
@@ -442,13 +442,22 @@ def test_the_installed_command_needs_no_app_and_no_database(tmp_path: Path) -> N
 # --- squawk ----------------------------------------------------------------------------------
 
 
-def test_without_squawk_one_line_says_how_to_install_it(tmp_path: Path) -> None:
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    result = backfill_command(["--config", str(SQUAWK_PROJECT / "alembic.ini")], tmp_path, path=str(empty))
-    assert result.returncode == 0, result.stdout + result.stderr
-    said = [line for line in result.stderr.splitlines() if "squawk" in line]
+def test_without_squawk_one_line_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(squawk, "squawk_executable", lambda: None)
+    code, _, err = run_cli(["--config", str(SQUAWK_PROJECT / "alembic.ini")], capsys)
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "squawk" in line]
     assert len(said) == 1 and "not installed" in said[0] and "pip install squawk-cli" in said[0]
+
+
+@needs_squawk
+def test_squawk_beside_this_python_is_found_without_it_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``.venv/bin/backfill lint`` from a shell that never activated the virtualenv."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    found = squawk.squawk_executable()
+    assert found is not None and Path(found).parent == Path(sys.executable).parent
 
 
 @needs_squawk

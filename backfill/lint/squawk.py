@@ -82,9 +82,15 @@ def postgresql_url(*candidates: str | None) -> str | None:
     return None
 
 
+def squawk_executable() -> str | None:
+    """squawk on ``PATH``, or beside this Python: ``.venv/bin/backfill lint`` run without the
+    virtualenv activated finds the squawk that ``pip install squawk-cli`` put there."""
+    return shutil.which("squawk") or shutil.which("squawk", path=str(Path(sys.executable).parent))
+
+
 def run(project: Project, linted: Mapping[str, Revision], database_url: str | None) -> Outcome:
     """squawk's findings on the offline SQL of the revisions in ``linted`` (by shown path)."""
-    executable = shutil.which("squawk")
+    executable = squawk_executable()
     if executable is None:
         return Outcome(
             note="squawk is not installed, so PostgreSQL's lock hazards in the offline SQL (indexes without "
