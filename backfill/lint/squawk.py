@@ -132,8 +132,7 @@ def run(project: Project, linted: Mapping[str, Revision], database_url: str | No
     try:
         violations = json.loads(checked.stdout or "[]")
     except json.JSONDecodeError:
-        said = (checked.stderr.strip().splitlines() or [f"exit {checked.returncode}"])[-1][:300]
-        return Outcome(note=f"squawk failed: {said}")
+        return Outcome(note=f"squawk failed: {_last_said(checked)}")
     return Outcome(findings=tuple(_findings(violations, named, project, linted)))
 
 
@@ -162,11 +161,16 @@ def _render(project: Project, url: str) -> str | Outcome:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Outcome(note=f"squawk was not run: `alembic upgrade heads --sql` did not finish ({type(exc).__name__})")
     if rendered.returncode != 0:
-        said = (rendered.stderr.strip().splitlines() or [f"exit {rendered.returncode}"])[-1][:300]
         return Outcome(
-            note=f"squawk was not run: `alembic -c {shown(project.config)} upgrade heads --sql` failed: {said}"
+            note=f"squawk was not run: `alembic -c {shown(project.config)} upgrade heads --sql` failed: "
+            f"{_last_said(rendered)}"
         )
     return rendered.stdout
+
+
+def _last_said(process: subprocess.CompletedProcess[str]) -> str:
+    """What a child process said last on stderr: the one line a note has room for."""
+    return (process.stderr.strip().splitlines() or [f"exit {process.returncode}"])[-1][:300]
 
 
 def _split(rendered: str) -> list[_Script]:
