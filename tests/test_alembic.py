@@ -276,7 +276,7 @@ def test_offline_sql(empty: Database, monkeypatch: pytest.MonkeyPatch) -> None:
 
     run = Store(db.engine).active_run("players_team_id")
     assert run is not None and run.status is RunStatus.PENDING and run.key_columns == ("id",)
-    assert run.tuning.batch_size == 2000
+    assert run.tuning.batch_size == 2000 and run.started_by == "migration"  # as an online queue says
     assert db.scalar("SELECT count(*) FROM backfill_runs") == 1
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
 from sqlalchemy.sql.compiler import DDLCompiler, IdentifierPreparer
 
+from backfill.alembic_ops.context import MIGRATION_ACTOR
 from backfill.definition import Backfill, Tuning
 from backfill.status import RunStatus
 from backfill.store import statements
@@ -43,7 +44,7 @@ def offline_queue_statement(
 ) -> Any:
     """The run row of ``Store.create_run``, as one guarded INSERT for a SQL script."""
     return statements.queue_run(
-        definition, tuning, _sql_utcnow(dialect), lambda c, v: _literal(c, v, dialect), arguments
+        definition, tuning, _sql_utcnow(dialect), lambda c, v: _literal(c, v, dialect), arguments, MIGRATION_ACTOR
     )
 
 

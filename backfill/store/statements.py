@@ -23,12 +23,13 @@ def queue_run(
     now: ColumnElement[Any],
     literal: Literal,
     arguments: Mapping[str, Any] | None = None,
+    started_by: str | None = None,
 ) -> Insert:
     """The run row of ``Store.create_run`` as one INSERT, guarded as ``queue_backfill`` is:
     nothing when the backfill has an active or a finished run (a script cannot compare the
     parameters of the finished one: PostgreSQL's ``json`` has no equality)."""
     runs = tables.runs
-    values = new_run_values(definition, tuning, now, arguments=arguments)
+    values = new_run_values(definition, tuning, now, started_by, arguments)
     row = [literal(runs.c[name], value).label(name) for name, value in values.items()]
     taken = exists().where(
         runs.c.name == definition.name,
