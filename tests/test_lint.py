@@ -487,15 +487,21 @@ def test_a_marker_silences_a_squawk_finding_too(tmp_path: Path, monkeypatch: pyt
 def test_squawk_on_the_projects_own_migrations_pins_each_hazard_to_its_operation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The example's deploy N adds a foreign key and an index on players the blocking way;
-    squawk says so, at the lines of those operations. The operations of backfill.alembic_ops
-    (0002's tables, 0004's add_not_null) and Alembic's bookkeeping are never reported."""
+    """The example's deploy N adds its foreign key NOT VALID and builds its index CONCURRENTLY, so
+    squawk finds no scan or build on players that blocks writers; what it does find (0005 drops
+    a column) is pinned to the operation's line. The operations of backfill.alembic_ops (0002's
+    tables, 0004's validation and add_not_null) and Alembic's bookkeeping are never reported."""
     monkeypatch.setenv("PATH", os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
     monkeypatch.chdir(ROOT)
     report = lint_paths(config=ROOT / "alembic.ini", database_url=POSTGRES_URL)
-    teams = ROOT / "migrations" / "versions" / "0003_teams.py"
-    assert ("squawk/require-concurrent-index-creation", line_of(teams, "op.create_index(")) in found(report)
-    assert ("squawk/adding-foreign-key-constraint", line_of(teams, "batch.create_foreign_key(")) in found(report)
+    blocking = {
+        "squawk/require-concurrent-index-creation",
+        "squawk/adding-foreign-key-constraint",
+        "squawk/constraint-missing-not-valid",
+    }
+    assert not [f for f in report.findings if f.code in blocking], report.text()
+    drop = ROOT / "migrations" / "versions" / "0005_drop_players_team.py"
+    assert ("squawk/ban-drop-column", line_of(drop, "batch.drop_column(")) in found(report)
     assert not [f for f in report.findings if "0002_" in f.path or "0004_" in f.path], report.text()
     assert all(f.code.startswith("squawk/") for f in report.findings)
 

@@ -1,8 +1,10 @@
 """teams, a nullable players.team_id, and the backfill that fills it
 
-Deploy N: the schema change is instant (a new table, a nullable column, its index), and the
-data work is only queued: the workers run it in batches once this deploy is out. The new code
-of this deploy writes team_id for the players it creates or moves; the backfill does the rest.
+Deploy N: the schema change takes no lock that waits on the size of players (a new table, a
+nullable column, a foreign key that checks only rows written from now on, an index built beside
+the writers), and the data work is only queued: the workers run it in batches once this deploy
+is out. The new code of this deploy writes team_id for the players it creates or moves; the
+backfill does the rest.
 
 Revision ID: 0003_teams
 Revises: 0002_backfill_tables
@@ -29,10 +31,15 @@ def upgrade() -> None:
     )
     # SQLite cannot add a foreign key to an existing table: batch mode copies the table there
     # (and so needs a live database: no --sql on SQLite); elsewhere these are two ALTERs.
+    # PostgreSQL adds the foreign key NOT VALID: no scan of players under a lock that blocks its
+    # writers; 0004 validates it, under a lock that lets them carry on.
     with op.batch_alter_table("players") as batch:
         batch.add_column(sa.Column("team_id", sa.Integer, nullable=True))
-        batch.create_foreign_key("fk_players_team_id_teams", "teams", ["team_id"], ["id"])
-    op.create_index("ix_players_team_id", "players", ["team_id"])
+        batch.create_foreign_key("fk_players_team_id_teams", "teams", ["team_id"], ["id"], postgresql_not_valid=True)
+    # CONCURRENTLY builds the index while writers carry on, outside a transaction: what this
+    # revision did so far commits first (the environment runs a transaction per migration).
+    with op.get_context().autocommit_block():
+        op.create_index("ix_players_team_id", "players", ["team_id"], postgresql_concurrently=True)
     op.queue_backfill("players_team_id")
 
 
