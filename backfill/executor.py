@@ -129,13 +129,16 @@ class Executor:
                     on_outcome(outcome)
                 if outcome.result is Result.SUCCEEDED:
                     clock.sleep(run.tuning.pause_seconds + run.tuning.nice_ratio * outcome.duration_ms / 1000)
-                if following is not None or not carrying:
+                if following is not None:
                     continue
-                if run.status is not RunStatus.RUNNING:
+                if not (carry and keep_going()) or run.status is not RunStatus.RUNNING:
                     break
-                if refill is not None:
-                    run = refill(run)
+                if carrying and refill is not None:
+                    run = refill(run)  # the commit found nothing planned to claim: plan first
                 nxt = self._claim(run, None, redispatch_after)
+                if not carrying and isinstance(nxt, Refused) and nxt.reason is Refusal.NONE and refill is not None:
+                    run = refill(run)  # a throttled chain claims after its sleep, planning only when out
+                    nxt = self._claim(run, None, redispatch_after)
                 following = None if isinstance(nxt, Refused) else nxt
         return outcomes
 
@@ -282,5 +285,6 @@ __all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]
 
 
 def _pauses(run: Run) -> bool:
-    """A throttled run sleeps between batches: it claims the next one after the sleep."""
+    """A throttled run sleeps between batches: it claims the next one after the sleep, in the
+    same chain (a claim of its own, not one riding on the commit before the sleep)."""
     return bool(run.tuning.pause_seconds or run.tuning.nice_ratio)

@@ -146,18 +146,51 @@ def next_spans(
     count: int = 1,
     where: ColumnElement[bool] | None = None,
 ) -> list[Span]:
-    """The next ``count`` batches of ``size`` keys after ``cursor``, up to ``end`` if given.
+    """The next ``count`` batches of ``size`` keys after ``cursor``, up to ``end`` if given (and,
+    with ``where``, only keys of rows matching it).
 
-    One round trip: the inner query walks the key index for at most ``size * count`` entries;
-    window functions number them, and only each batch's first and last key come back.
+    One round trip, reading the key index from the cursor. On PostgreSQL the batches are found
+    by stepping: each batch's last key is ``OFFSET size - 1`` along the index from its first,
+    which skips over index entries instead of handing each one up (about a sixth of the cost of
+    numbering them); elsewhere, and for the last batch before ``end``, the keys are numbered.
     """
+    if where is None and connection.dialect.name == "postgresql":
+        stepped = _stepped_spans(connection, columns, cursor, end, size, count)
+        if len(stepped) == count or (stepped and stepped[-1].rows < size):
+            return stepped
+        after_stepped = stepped[-1].last if stepped else cursor
+        rest = _numbered_spans(connection, columns, after_stepped, end, size, count - len(stepped), None)
+        return stepped + rest
+    return _numbered_spans(connection, columns, cursor, end, size, count, where)
+
+
+def _numbered_spans(
+    connection: Connection,
+    columns: Sequence[Column[Any]],
+    cursor: Key | None,
+    end: Key | None,
+    size: int,
+    count: int,
+    where: ColumnElement[bool] | None,
+) -> list[Span]:
+    """The inner query walks the key index for at most ``size * count`` entries; window
+    functions number them, and only each batch's first and last key come back."""
     # The end bound stays out of the ordered scan: with a bound on both sides PostgreSQL may
     # estimate the range as small and sort all of it instead of walking the index for a fixed
     # number of entries. Past the end, at most one lookahead's worth of keys is read and dropped.
     conditions = [after(columns, cursor)]
     if where is not None:
         conditions.append(where)
-    inner = select(*columns).where(and_(*conditions)).order_by(*columns).limit(size * count).subquery("batch_keys")
+    matching = select(*columns).where(and_(*conditions))
+    if where is not None and connection.dialect.name == "postgresql":
+        # Rows still pending (the final pass) are found by one scan of the rest of the table,
+        # then ordered: walking the key index with the predicate as a filter fetches every row
+        # through the index, several times slower, and the planner picks that walk whenever
+        # its statistics still count the rows the run has filled as pending.
+        found = matching.cte("backfill_pending").prefix_with("MATERIALIZED")
+        inner = select(*found.c).order_by(*found.c).limit(size * count).subquery("batch_keys")
+    else:
+        inner = matching.order_by(*columns).limit(size * count).subquery("batch_keys")
     keys = [inner.c[c.name] for c in columns]
     # The last key is the one with no next: ``lead`` sees one row ahead, where a count over the
     # whole window would hold every key read before returning the first.
@@ -187,6 +220,74 @@ def next_spans(
         if number % size == 0 or last:
             assert first is not None
             spans.append(Span(first=first, last=key, rows=number - (len(spans) * size)))
+    return spans
+
+
+def _stepped_spans(
+    connection: Connection,
+    columns: Sequence[Column[Any]],
+    cursor: Key | None,
+    end: Key | None,
+    size: int,
+    count: int,
+) -> list[Span]:
+    """Whole batches of ``size`` keys after ``cursor`` ending at or before ``end``, up to
+    ``count``, found by a recursive walk (PostgreSQL): a batch's first key is the next key after
+    the previous batch's last, and its last key ``OFFSET size - 1`` from its first. The walk
+    stops at the first batch that would not be whole or would pass ``end``: what remains up to
+    ``end`` is numbered key by key (``_numbered_spans``)."""
+    width = len(columns)
+
+    def compare(op: Comparison, other: Sequence[Any]) -> ColumnElement[bool]:
+        """The key against other columns or values, as a row value (PostgreSQL indexes it)."""
+        if width == 1:
+            condition: ColumnElement[bool] = _OPERATORS[op](columns[0], other[0])
+            return condition
+        return _OPERATORS[op](tuple_(*columns), tuple_(*other))  # type: ignore[no-any-return]
+
+    def key_after(bound: Sequence[Any] | None) -> Any:
+        found = select(*columns).where(true() if bound is None else compare(">", bound))
+        return found.order_by(*columns).limit(1)
+
+    def last_from(first: Sequence[Any]) -> Any:
+        return select(*columns).where(compare(">=", first)).order_by(*columns).offset(size - 1).limit(1)
+
+    firsts = key_after(cursor).subquery("first_keys")
+    lasts = last_from(list(firsts.c)).lateral("last_keys")
+    first_names = [f"f{i}" for i in range(width)]
+    last_names = [f"l{i}" for i in range(width)]
+    anchor = select(
+        literal(1).label("n"),
+        *[firsts.c[c.name].label(name) for c, name in zip(columns, first_names, strict=True)],
+        *[lasts.c[c.name].label(name) for c, name in zip(columns, last_names, strict=True)],
+    ).select_from(firsts.join(lasts, true(), isouter=True))
+    steps = anchor.cte("backfill_steps", recursive=True)
+    previous_last = [steps.c[name] for name in last_names]
+    next_first = key_after(previous_last).lateral("next_first")
+    next_last = last_from(list(next_first.c)).lateral("next_last")
+    more = [steps.c.n < count, previous_last[0].is_not(None)]
+    if end is not None:
+        more.append(_OPERATORS["<"](tuple_(*previous_last), tuple_(*end)) if width > 1 else previous_last[0] < end[0])
+    recursive = (
+        select(
+            (steps.c.n + 1).label("n"),
+            *[next_first.c[c.name] for c in columns],
+            *[next_last.c[c.name] for c in columns],
+        )
+        .select_from(steps.join(next_first, true()).join(next_last, true(), isouter=True))
+        .where(*more)
+    )
+    steps = steps.union_all(recursive)
+    last_keys = [steps.c[name] for name in last_names]
+    # Compared by the database, in its own collation: a text key's order is not Python's.
+    within = true() if end is None else (tuple_(*last_keys) <= tuple_(*end) if width > 1 else last_keys[0] <= end[0])
+    whole = and_(last_keys[0].is_not(None), within)
+    query = select(*[steps.c[name] for name in first_names], *last_keys, whole).order_by(steps.c.n)
+    spans: list[Span] = []
+    for row in connection.execute(query):
+        if not row[-1]:
+            break
+        spans.append(Span(first=tuple(row[:width]), last=tuple(row[width : 2 * width]), rows=size))
     return spans
 
 

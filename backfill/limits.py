@@ -1,6 +1,13 @@
 """Time limits on a connection that runs batches: no statement runs, and no lock is waited for,
 past the run's budget.
 
+On PostgreSQL a batch's commit does not wait for its WAL to reach the disk
+(``synchronous_commit = off``): its locks go as soon as it commits, rather than after an fsync
+while the application waits on its rows. Nothing is at risk — a batch's work and its checkpoint
+are one transaction, so a crash in the next few hundred milliseconds loses both together, and
+the batch runs again; whatever commits after it in the WAL (the run's conclusion, an operator's
+action) waits for it to be flushed first.
+
 The limits are set once for a stretch of batches on one connection (a chain), not per batch:
 a ``SET LOCAL`` per batch is one more round trip on the hot path. They are session settings for
 as long as the ``Bounded`` block lasts, and the session gets its own back when it ends — the
@@ -89,7 +96,10 @@ class Bounded:
                 connection.commit()
             with connection.begin():  # set_config(..., false) is SET: it outlives the transaction
                 connection.execute(
-                    text("SELECT set_config('statement_timeout', :st, false), set_config('lock_timeout', :lt, false)"),
+                    text(
+                        "SELECT set_config('statement_timeout', :st, false), set_config('lock_timeout', :lt, false), "
+                        "set_config('synchronous_commit', 'off', false)"
+                    ),
                     {"st": f"{int(self.statement_timeout * 1000)}ms", "lt": f"{int(self.lock_timeout * 1000)}ms"},
                 )
         elif self.name in ("mysql", "mariadb"):
@@ -124,7 +134,7 @@ class Bounded:
                 with connection.begin():  # RESET both, in one round trip
                     connection.exec_driver_sql(
                         "SELECT set_config(name, reset_val, false) FROM pg_settings "
-                        "WHERE name IN ('statement_timeout', 'lock_timeout')"
+                        "WHERE name IN ('statement_timeout', 'lock_timeout', 'synchronous_commit')"
                     )
             elif self.name in ("mysql", "mariadb"):
                 with connection.begin():

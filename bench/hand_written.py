@@ -13,7 +13,6 @@ import argparse
 import os
 from collections.abc import Callable
 from typing import Any
-
 from urllib.parse import unquote, urlsplit
 
 FILL = "MOD(bid, 10) + 1"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--idle-seconds", type=float, default=15.0, help="the application alone before each approach")
     parser.add_argument("--timeout", type=float, default=900.0, help="limit per approach, in seconds")
+    parser.add_argument(
+        "--backfill-args",
+        default="",
+        help="more options for every `backfill run`/`start` of the run, e.g. '--target-batch-seconds 0.02'",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--no-save", action="store_true", help="print only, write no JSON")
     args = parser.parse_args(argv)
@@ -116,11 +122,12 @@ def environment(url: URL) -> dict[str, str]:
     }
 
 
-def migrate(approach: Approach, url: URL, timeout: float, wait_for_run: Callable[[], None] | None) -> float:
+def migrate(approach: Approach, url: URL, args: argparse.Namespace, wait_for_run: Callable[[], None] | None) -> float:
     """Run the approach's command (and, on Celery, wait for the run it started); its seconds."""
+    argv = [*approach.argv, *(shlex.split(args.backfill_args) if approach.framework else [])]
     started = time.time()
     done = subprocess.run(
-        approach.argv, cwd=ROOT, env=environment(url), capture_output=True, text=True, timeout=timeout, check=False
+        argv, cwd=ROOT, env=environment(url), capture_output=True, text=True, timeout=args.timeout, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"{approach.label} exited {done.returncode}: {done.stderr[-2000:]}")
@@ -185,7 +192,7 @@ def one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Pa
         time.sleep(args.idle_seconds)
         application.check()
         started = time.time()
-        seconds = migrate(approach, url, args.timeout, wait_for_run)
+        seconds = migrate(approach, url, args, wait_for_run)
         ended = started + seconds
         time.sleep(0.5)
         application.check()
@@ -269,12 +276,12 @@ def _span(values: list[float | None]) -> str:
     known = sorted(v for v in values if v is not None)
     if not known:
         return "—"
-    return f"{statistics.median(known):.2f} ({known[0]:.2f}–{known[-1]:.2f})"
+    return f"{statistics.median(known):.2f} ({known[0]:.2f}-{known[-1]:.2f})"
 
 
 def table(summary: dict[str, dict[str, Any]], rounds: int) -> str:
     lines = [
-        f"| approach | backfill rows/s | ÷ loop, median of {rounds} (min–max) | app TPS during ÷ idle "
+        f"| approach | backfill rows/s | ÷ loop, median of {rounds} (min-max) | app TPS during ÷ idle "
         "| app transactions lost per 1,000 rows | app latency during, p50 / p99 / max ms | p99 ÷ idle "
         f"| app transactions > {SLOW_MS:.0f} ms | median batch rows / ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -306,21 +313,20 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[Target]:
     if default is not None and "vs_loop" in default:
         versus = default["vs_loop"]
         speed = median(versus["rows_per_s"])
-        found.append(Target("default: rows/s ≥ 1.0 × the hand loop", f"{speed:.2f}× ({_span(versus['rows_per_s'])})", speed >= 1.0))  # fmt: skip
+        found.append(Target("default: rows/s ≥ 1.0 x the hand loop", f"{speed:.2f}x ({_span(versus['rows_per_s'])})", speed >= 1.0))  # fmt: skip
         lost = [v for v in versus["lost"] if v is not None]
-        lost_median = median(lost)
         loop_lost = summary["loop"]["lost_per_1000_rows"]
         found.append(
             Target(
                 "default: app transactions lost per 1,000 rows ≤ the hand loop's",
-                f"{default['lost_per_1000_rows']:.1f} vs {loop_lost:.1f} ({_span(lost)}×)",
+                f"{default['lost_per_1000_rows']:.1f} vs {loop_lost:.1f} ({_span(lost)}x)",
                 default["lost_per_1000_rows"] <= loop_lost,
             )
         )
         found.append(
             Target(
                 "default: app p99 during ≤ the hand loop's",
-                f"{default['p99_ms']:.1f} vs {summary['loop']['p99_ms']:.1f} ms ({_span(versus['p99'])}×)",
+                f"{default['p99_ms']:.1f} vs {summary['loop']['p99_ms']:.1f} ms ({_span(versus['p99'])}x)",
                 default["p99_ms"] <= summary["loop"]["p99_ms"],
             )
         )
@@ -336,8 +342,8 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[Target]:
         s = summary.get(key)
         if s is None:
             continue
-        found.append(Target(f"{key}: app TPS during ≥ 0.9 × idle", f"{s['tps_ratio']:.2f}", s["tps_ratio"] >= 0.9))
-        found.append(Target(f"{key}: app p99 during ≤ 1.5 × idle", f"{s['p99_over_idle']:.2f}×", s["p99_over_idle"] <= 1.5))  # fmt: skip
+        found.append(Target(f"{key}: app TPS during ≥ 0.9 x idle", f"{s['tps_ratio']:.2f}", s["tps_ratio"] >= 0.9))
+        found.append(Target(f"{key}: app p99 during ≤ 1.5 x idle", f"{s['p99_over_idle']:.2f}x", s["p99_over_idle"] <= 1.5))  # fmt: skip
     return found
 
 
@@ -347,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict[str, dict[str, Any]]] = []
     with scenario.bench_database(args.dialect) as db, tempfile.TemporaryDirectory(prefix="backfill-oltp-") as tmp:
         rows = args.scale * accounts.ACCOUNTS_PER_SCALE
-        log(f"{scenario.DISPLAY[db.dialect]} database {db.name}: pgbench tables at scale {args.scale} ({rows:,} accounts)")
+        log(
+            f"{scenario.DISPLAY[db.dialect]} database {db.name}: pgbench tables at scale {args.scale} ({rows:,} accounts)"
+        )
         accounts.initialise(db.url, args.scale)
         for number in range(1, args.rounds + 1):
             log(f"round {number} of {args.rounds}")

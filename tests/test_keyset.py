@@ -48,3 +48,59 @@ def test_no_keys_left(db: Database) -> None:
     counters.fill(db.engine, counters.items, [1, 2, 3])
     assert spans_of(db, "items", cursor=(3,), end=None, size=10, count=3) == []
     assert spans_of(db, "items", cursor=None, end=(0,), size=10, count=3) == []
+
+
+@pytest.mark.parametrize("db", ["postgresql", "mariadb", "sqlite"], indirect=True)
+def test_spans_partition_any_keys_in_the_databases_order(db: Database) -> None:
+    """Whatever the keys (text in the database's collation, composite), cursor, end, size and
+    count: the spans are the sorted keys after the cursor and up to the end, cut every ``size``
+    keys, the first ``count`` of them. PostgreSQL finds whole batches by stepping along the
+    index and numbers only the last one; this checks both agree with the keys themselves."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from sqlalchemy import text
+
+    tenants = st.sampled_from(["a", "B", "b", "c", "Z", "é", "ab"])
+    keys_of = st.sets(st.tuples(tenants, st.integers(0, 30)), min_size=0, max_size=40)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(keys=keys_of, size=st.integers(1, 9), count=st.integers(1, 6), data=st.data())
+    def check(keys: set[tuple[str, int]], size: int, count: int, data: st.DataObject) -> None:
+        with db.engine.begin() as connection:
+            connection.execute(counters.items_composite.delete())
+        counters.fill(db.engine, counters.items_composite, sorted(keys))
+        with db.engine.connect() as connection:
+            ordered = [
+                tuple(r)
+                for r in connection.execute(text("SELECT tenant, seq FROM items_composite ORDER BY tenant, seq"))
+            ]
+        cursor_at = data.draw(st.none() | st.integers(0, max(0, len(ordered) - 1)))
+        end_at = data.draw(st.none() | st.integers(0, max(0, len(ordered) - 1)))
+        cursor = ordered[cursor_at] if cursor_at is not None and ordered else None
+        end = ordered[end_at] if end_at is not None and ordered else None
+        start = ordered.index(cursor) + 1 if cursor is not None else 0
+        stop = ordered.index(end) + 1 if end is not None else len(ordered)
+        remaining = ordered[start:stop]
+        assert spans_of(db, "items_composite", cursor=cursor, end=end, size=size, count=count) == expected(
+            remaining, size, count
+        )
+        single = sorted({seq for _, seq in keys})
+        with db.engine.begin() as connection:
+            connection.execute(counters.items.delete())
+        counters.fill(db.engine, counters.items, single)
+        ints = [(k,) for k in single]
+        at = data.draw(st.none() | st.integers(0, 31))
+        bound = data.draw(st.none() | st.integers(0, 31))
+        after_cursor = [k for k in ints if at is None or k > (at,)]
+        up_to = [k for k in after_cursor if bound is None or k <= (bound,)]
+        got = spans_of(
+            db,
+            "items",
+            cursor=None if at is None else (at,),
+            end=None if bound is None else (bound,),
+            size=size,
+            count=count,
+        )
+        assert got == expected(up_to, size, count)
+
+    check()
