@@ -6,6 +6,7 @@ from backfill.app import App
 from backfill.definition import Backfill, Batch, Tuning, define
 from backfill.errors import BackfillError, BackfillNotFinished
 from backfill.params import Param
+from backfill.prometheus import PrometheusCheck
 from backfill.readiness import require_finished
 from backfill.registry import Registry
 from backfill.status import BatchStatus, Phase, RunStatus
@@ -22,6 +23,7 @@ __all__ = [
     "BatchStatus",
     "Param",
     "Phase",
+    "PrometheusCheck",
     "Registry",
     "RunStatus",
     "Tuning",

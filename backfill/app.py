@@ -8,13 +8,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine
+from sqlalchemy import URL, Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from backfill import params as run_params
 from backfill.clock import SERVER_TIME, DatabaseTime
 from backfill.database import display_url, make_engine
-from backfill.definition import Backfill
+from backfill.definition import DAY, Backfill
 from backfill.errors import DatabaseUnavailableError, RunStateError
 from backfill.estimate import Estimate, estimate
 from backfill.executor import Outcome
@@ -246,6 +246,39 @@ class App:
             raise RunStateError("nothing to change: give --batch-size, --parallelism or another setting")
         tuned = run.tuning.replace(given)  # checks every value, and the settings together
         return retried(lambda: self.store.tune(run, {k: getattr(tuned, k) for k in given}, actor=actor))
+
+    def throttle(
+        self,
+        name: str,
+        *,
+        seconds: float | None = None,
+        query: str | None = None,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> Run:
+        """Hold the active run for ``seconds``, and while ``query`` returns a row (an operator's
+        throttle, gh-ost's ``--throttle-query``): every worker's next claim waits. The query
+        is tried once first: one that cannot run is refused, and nothing is recorded."""
+        run = self._active(name)
+        if seconds is not None and not 0 < seconds <= 30 * DAY:
+            raise RunStateError(f"a throttle lasts more than 0 and at most 30 days, got {seconds:g}s")
+        if query is not None:
+            self._check_query(query)
+        return retried(lambda: self.store.throttle(run, seconds=seconds, query=query, reason=reason, actor=actor))
+
+    def unthrottle(self, name: str, *, actor: str | None = None) -> Run:
+        run = self._active(name)
+        return retried(lambda: self.store.unthrottle(run, actor=actor))
+
+    def _check_query(self, query: str) -> None:
+        with self.store.reading() as connection:
+            try:
+                with connection.begin():
+                    connection.execute(text(query)).first()
+            except DBAPIError as exc:
+                raise RunStateError(
+                    f"the throttle query cannot run ({error_text(exc, 200).splitlines()[0]}): fix it and throttle again"
+                ) from None
 
     def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
         """Block until every named run has ended, or one has failed or been cancelled."""

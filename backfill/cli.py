@@ -12,12 +12,14 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,6 +106,37 @@ def tuning_options(command: F) -> F:
             click.option("--pause-seconds", type=click.FloatRange(min=0), help="Sleep after each batch."),
             click.option(
                 "--nice-ratio", type=click.FloatRange(min=0), help="Sleep after each batch, times its duration."
+            ),
+            click.option(
+                "--impact-budget",
+                type=click.FloatRange(min=0, max=0.9),
+                help="What the run may cost the application: 0.1 is at most 10%% slower (0: off).",
+            ),
+            click.option(
+                "--max-replica-lag", type=click.FloatRange(min=0), help="Hold while a replica lags more (seconds)."
+            ),
+            click.option(
+                "--max-transaction-age",
+                type=click.FloatRange(min=0),
+                help="Hold while a transaction is open longer (seconds).",
+            ),
+            click.option(
+                "--max-connections-used",
+                type=click.FloatRange(min=0, max=1),
+                help="Hold while more of the connections are active.",
+            ),
+            click.option(
+                "--max-load", type=click.FloatRange(min=0), help="Hold while more sessions are running (0: off)."
+            ),
+            click.option(
+                "--critical-load",
+                type=click.FloatRange(min=0),
+                help="Pause the run while more sessions are running (0: off).",
+            ),
+            click.option(
+                "--hold-during-vacuum/--no-hold-during-vacuum",
+                default=None,
+                help="Hold while a VACUUM works on the table (PostgreSQL).",
             ),
         ]
     ):
@@ -318,6 +351,65 @@ def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
         f"{name}: run {run.id} now batch size {t.batch_size}, parallelism {t.parallelism}, "
         f"max attempts {t.max_attempts}, statement timeout {t.statement_timeout:g}s, lock timeout {t.lock_timeout:g}s"
     )
+
+
+@main.command()
+@click.argument("name")
+@click.option("--for", "for_", metavar="DURATION", help="How long: 90s, 10m, 2h, 1d (a number alone is seconds).")
+@click.option("--until", metavar="TIME", help="Until when: an ISO time, e.g. 2026-12-07T18:00 (local) or ...Z.")
+@click.option("--query", metavar="SQL", help="Hold while this query returns a row (checked as the run goes).")
+@click.option("--reason", metavar="TEXT", help="Why, kept with the throttle and shown as the run's hold.")
+@click.option("--off", is_flag=True, help="Lift the throttle.")
+@click.pass_context
+def throttle(
+    ctx: click.Context,
+    /,
+    name: str,
+    for_: str | None,
+    until: str | None,
+    query: str | None,
+    reason: str | None,
+    off: bool,
+) -> None:
+    """Hold a run for a while, or while a query returns a row: no batch starts in any worker."""
+    app = _app(ctx)
+    if off:
+        if for_ or until or query:
+            raise click.UsageError("--off lifts the throttle: give it alone")
+        run = app.unthrottle(name, actor=_actor())
+        click.echo(f"{name}: run {run.id} is no longer throttled")
+        return
+    seconds = throttle_seconds(for_, until)
+    if seconds is None and not query:
+        raise click.UsageError("say how long (--for 10m, --until TIME) or while what (--query SQL), or --off")
+    run = app.throttle(name, seconds=seconds, query=query, reason=reason, actor=_actor())
+    parts = [f"for {seconds:,.0f}s" if seconds is not None else "", f"while {query!r} returns a row" if query else ""]
+    click.echo(
+        f"{name}: run {run.id} throttled {' and '.join(p for p in parts if p)}: `backfill throttle {name} --off` lifts it"
+    )
+
+
+def throttle_seconds(for_: str | None, until: str | None) -> float | None:
+    """Seconds from now of ``--for`` or ``--until`` (not both); None when neither is given."""
+    if for_ and until:
+        raise click.UsageError("--for and --until say the same thing: give one")
+    if for_:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", for_)
+        if match is None or float(match.group(1)) <= 0:
+            raise click.BadParameter("expected a duration such as 90s, 10m, 2h or 1d", param_hint="--for")
+        return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if until:
+        try:
+            when = datetime.fromisoformat(until.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(
+                "expected an ISO time such as 2026-12-07T18:00 or 2026-12-07T18:00Z", param_hint="--until"
+            ) from None
+        seconds = (when.astimezone() - datetime.now().astimezone()).total_seconds()
+        if seconds <= 0:
+            raise click.BadParameter(f"{until} has passed already", param_hint="--until")
+        return seconds
+    return None
 
 
 @main.command()

@@ -37,6 +37,10 @@ SQLITE_BUSY_KEY = "sqlite_busy_timeout_ms"
 READ_ONLY = "backfill_read_only"
 """``connection.info`` key: the connection only reads (on SQLite, its transactions are deferred)."""
 
+APPLICATION_NAME = "backfill"
+"""PostgreSQL's ``application_name`` of every session of ours (unless the URL names another): the
+load and lock-wait checks leave the run's own sessions out by it."""
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long a SQLite connection waits for the write lock outside a batch (store bookkeeping)."""
 
@@ -92,6 +96,8 @@ def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwarg
     else:
         if url.get_backend_name() == "postgresql":
             kwargs.setdefault("pool_size", 16)
+            if "application_name" not in url.query:
+                kwargs.setdefault("connect_args", {}).setdefault("application_name", APPLICATION_NAME)
             if time_limit is not None and "options" not in url.query:
                 limits = f"-c statement_timeout={time_limit}s -c lock_timeout={time_limit}s"
                 kwargs.setdefault("connect_args", {}).setdefault("options", limits)

@@ -99,6 +99,9 @@ _SECONDS_AND_RATES = (
     ("max_replica_lag", False, DAY),
     ("max_transaction_age", False, 30 * DAY),
     ("max_connections_used", False, 1.0),
+    ("max_load", False, 1e6),
+    ("critical_load", False, 1e6),
+    ("impact_budget", False, 0.9),
 )
 """Time limits above a day are mistakes (PostgreSQL's own limit is under 25 days, in ms)."""
 
@@ -152,6 +155,20 @@ class Tuning:
     max_connections_used: float = 0.9
     """Hold the run while more than this share of the server's connections is active (0: don't
     check)."""
+    max_load: float = 0.0
+    """Hold the run while the server is busier than this: sessions running a statement or inside
+    a transaction, the run's own left out (PostgreSQL), or ``Threads_running`` (MySQL/MariaDB),
+    as gh-ost's ``--max-load`` (0: don't check)."""
+    critical_load: float = 0.0
+    """Past this load the run pauses itself and says why, as gh-ost's ``--critical-load``:
+    something is wrong, and an operator resumes it (0: don't check)."""
+    hold_during_vacuum: bool = True
+    """Hold the run while a VACUUM (autovacuum's or anyone's) works on its table (PostgreSQL):
+    each batch leaves dead rows for it, and both compete for the same pages."""
+    impact_budget: float = 0.0
+    """What the run may cost the application: 0.1 is "at most 10% slower". The run measures the
+    application's commits and busy sessions with and without itself, and the sessions that wait
+    on its locks, and paces itself within the budget (see ``backfill.impact``; 0: off)."""
 
     def __post_init__(self) -> None:
         """Every setting checked before anything is recorded: a NaN, an infinity or a number
@@ -169,6 +186,13 @@ class Tuning:
             if not _is_number(value) or value < 0 or (low_excluded and value == 0) or value > high:
                 span = f"above 0 and at most {high:,g}" if low_excluded else f"from 0 to {high:,g}"
                 raise DefinitionError(f"{name} must be a number {span}, got {value!r}")
+        if not isinstance(self.hold_during_vacuum, bool):
+            raise DefinitionError(f"hold_during_vacuum must be true or false, got {self.hold_during_vacuum!r}")
+        if self.critical_load and self.max_load and self.critical_load <= self.max_load:
+            raise DefinitionError(
+                f"critical_load {self.critical_load:g} must be above max_load {self.max_load:g}: the run holds at "
+                "max_load and pauses itself past critical_load"
+            )
         if self.min_batch_size > self.max_batch_size:
             raise DefinitionError(f"min_batch_size {self.min_batch_size} is above max_batch_size {self.max_batch_size}")
 

@@ -86,6 +86,7 @@ class Dispatcher:
             redispatch_after=self.redispatch_after,
             refill=self._refill,
             plan_ahead=lambda run, count: self._retried(lambda: self.planner.plan_ahead(run, count)),
+            watch=lambda run: self._retried(lambda: self.planner.watch(run)),
         )
         if outcomes and not (len(outcomes) == 1 and outcomes[0].result is Result.SKIPPED):
             self.dispatch(self._retried(lambda: self.planner.tick(run)))  # what the chain leaves

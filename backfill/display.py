@@ -73,7 +73,7 @@ def status_table(runs: list[RunProgress]) -> Table:
         percent = "" if data["percent"] is None else f" {data['percent']:.1f}%"
         status = run.status.value + (" (final pass)" if run.phase.value == "catchup" and run.status.is_active else "")
         if data["held_reason"]:
-            status += f" (held: {data['held_reason']})"
+            status += f" ({'held' if run.status is RunStatus.RUNNING else 'why'}: {data['held_reason']})"
         elif data["rate_cap_wait_seconds"]:
             status += f" (rate cap {run.tuning.max_rows_per_second:g} rows/s)"
         elif p.stalled:
@@ -102,6 +102,19 @@ def details_view(details: RunDetails) -> Group:
     ]
     if details.progress.run.params:
         parts.append(f"parameters: {run_params.shown(details.progress.run.params)}")
+    throttle = details.progress.throttle_json
+    if throttle:
+        what = [
+            f"until {throttle['until']}" if throttle["until"] else "",
+            f"while {throttle['query']}" if throttle["query"] else "",
+        ]
+        why = f" ({throttle['reason']})" if throttle["reason"] else ""
+        parts.append(f"throttled {' and '.join(w for w in what if w)}{why}")
+    impact = details.progress.impact_json
+    if impact:
+        parts.append(
+            f"impact budget {impact['budget']:.0%}: pace {impact['pace']:.0%}; {impact['decision'] or 'measuring the application'}"
+        )
     if details.progress.stalled:
         parts.insert(1, f"stalled: {details.progress.stalled}")
     if details.failed:

@@ -92,6 +92,7 @@ class Executor:
         redispatch_after: float | None = None,
         refill: Callable[[Run], Run] | None = None,
         plan_ahead: Callable[[Run, int], Run] | None = None,
+        watch: Callable[[Run], Run] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> list[Outcome]:
         """Run batches one after another on one connection, its time limits set once.
@@ -102,6 +103,8 @@ class Executor:
         batches run low, ``plan_ahead`` plans more; when they run out,
         ``refill`` (a planner's tick) plans more. A batch costs its work, one statement and one
         commit: the claim, the checkpoint, the counters and the events ride on that statement.
+        Between batches ``watch`` (the run's monitor, rate-limited) may hold or pause the run:
+        the batch already claimed is the last this chain starts.
         """
         try:
             target = self.targets.for_run(run)
@@ -127,8 +130,10 @@ class Executor:
                     run = plan_ahead(run, PLAN_AHEAD)
                 if on_outcome is not None:
                     on_outcome(outcome)
+                if watch is not None:
+                    run = watch(run)
                 if outcome.result is Result.SUCCEEDED:
-                    clock.sleep(run.tuning.pause_seconds + run.tuning.nice_ratio * outcome.duration_ms / 1000)
+                    clock.sleep(_rest_after(run, outcome.duration_ms / 1000))
                 if following is not None:
                     continue
                 if not (carry and keep_going()) or run.status is not RunStatus.RUNNING:
@@ -287,4 +292,13 @@ __all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]
 def _pauses(run: Run) -> bool:
     """A throttled run sleeps between batches: it claims the next one after the sleep, in the
     same chain (a claim of its own, not one riding on the commit before the sleep)."""
-    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio)
+    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio or (run.pace is not None and run.pace < 1))
+
+
+def _rest_after(run: Run, seconds: float) -> float:
+    """A worker's rest after a batch of ``seconds``: the fixed pause, the nice ratio's share,
+    and what the impact budget's pace asks for (a pace of 0.25 rests three times the batch)."""
+    rest = run.tuning.pause_seconds + run.tuning.nice_ratio * seconds
+    if run.pace is not None and 0 < run.pace < 1:
+        rest += seconds * (1 - run.pace) / run.pace
+    return rest

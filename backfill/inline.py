@@ -79,10 +79,15 @@ class InlineRunner:
                 with planning:
                     return retried(lambda: planner.plan_ahead(run, count), clock.sleep)
 
+            def watch(run: Run) -> Run:
+                with planning:
+                    return retried(lambda: planner.watch(run), clock.sleep)
+
             return executor.run_chain(
                 run,
                 refill=lambda run: tick(run).run,
                 plan_ahead=plan_ahead,
+                watch=watch,
                 keep_going=lambda: not stopping.is_set(),
                 on_outcome=self.on_outcome,
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from backfill import failures, health, keyset, sizing
+from backfill import failures, health, impact, keyset, replicas, sizing
 from backfill.clock import SYSTEM_CLOCK, Clock
 from backfill.definition import Backfill, Key
 from backfill.errors import AppError, PlanningError, TargetError
@@ -29,7 +29,6 @@ from backfill.target import Targets
 
 logger = logging.getLogger(__name__)
 
-HEALTH_SECONDS = 5.0
 RATE_BURST_SECONDS = 0.5
 """Under a rate cap a batch holds at most this many seconds' worth of rows: the cap then holds
 over any window within a fraction of a second's worth."""
@@ -84,7 +83,8 @@ class Planner:
         self.targets = targets
         self.lookahead = lookahead
         self.clock = clock
-        self._health: dict[int, tuple[float, str | None]] = {}
+        self._watched: dict[int, float] = {}
+        self.replica_urls = replicas.urls_from_environment()
         self._adapted_at: dict[int, int] = {}
         self._unknown: set[str] = set()
 
@@ -151,10 +151,10 @@ class Planner:
             return Plan(stopped or self.store.get_run(run.id), ())
         run = self._adapt(run)
         open_batches = self.store.open_batches(run.id)
-        reason = self._hold_reason(run)
-        if reason != run.held_reason:
-            run = self.store.hold(run, reason)
-        if reason:
+        run = self.watch(run)
+        if run.status is not RunStatus.RUNNING:
+            return Plan(run, ())
+        if run.held_reason:
             return Plan(run, tuple(open_batches))
         wanted = run.tuning.parallelism + self.lookahead if plan else 0
         while len(open_batches) < wanted and not run.planned_all:
@@ -219,20 +219,61 @@ class Planner:
                 return f"waiting for backfill '{name}' to finish ({state}): `backfill run {name}`"
         return None
 
-    def _hold_reason(self, run: Run) -> str | None:
-        """Why no new batch should start now: a backfill it runs after is not finished, or the
-        database's health (checked every HEALTH_SECONDS per run; a check costs a few catalog
-        queries). The rate cap is kept at claim time, by the database (see ``Store.claim``)."""
-        waiting = self.waiting_for(self.targets.get(run.name).definition)
-        if waiting:
-            return waiting
-        checked_at, reason = self._health.get(run.id, (float("-inf"), None))
-        if self.clock.monotonic() - checked_at >= HEALTH_SECONDS:
-            definition = self.targets.for_run(run).definition
+    def watch(self, run: Run) -> Run:
+        """The run's monitor, at most every ``HEALTH_SECONDS`` per run in this process (chains
+        call it between batches, ticks at every tick): hold the run while a reason says so —
+        an operator's throttle, a backfill it runs after, the database's health — release it
+        once none does, and pause it past a critical limit. A hold is on the run row, and every
+        claim is guarded by it, so it takes effect at the next claim of every worker."""
+        if run.status is not RunStatus.RUNNING:
+            return run
+        now = self.clock.monotonic()
+        if now - self._watched.get(run.id, float("-inf")) < health.HEALTH_SECONDS:
+            return run
+        self._watched[run.id] = now
+        definition = self.targets.for_run(run).definition
+        found = health.Verdict()
+        if run.throttled_until is not None:
             with self.store.reading() as connection:
-                reason = health.unhealthy(connection, definition, run.tuning)
-            self._health[run.id] = (self.clock.monotonic(), reason)
-        return reason
+                throttled = self.store.throttle_in_force(run, connection)
+            found = health.Verdict(hold=throttled) if throttled else found
+        if not found.hold and definition.after:
+            waiting = self.waiting_for(definition)
+            found = health.Verdict(hold=waiting) if waiting else found
+        subject = health.Subject(definition, run.tuning, run.throttle_query)
+        if not found.hold and health.has_checks(self.store.engine.dialect.name, subject, self.replica_urls):
+            with self.store.reading() as connection:
+                found = health.verdict(connection, subject, self.replica_urls)
+        if found.pause:
+            logger.warning("run %s of backfill %s paused itself: %s", run.id, run.name, found.pause)
+            return self.store.pause(run, actor="backfill", reason=found.pause) or self.store.get_run(run.id)
+        hold = found.hold
+        if hold is None and run.tuning.impact_budget:
+            run, rest = self._steer(run)
+            hold = impact.RESTING if rest else None
+        if hold != run.held_reason:
+            run = self.store.hold(run, hold)
+        return run
+
+    def _steer(self, run: Run) -> tuple[Run, bool]:
+        """One reading into the run's impact budget controller (``impact``); whether the run
+        rests now, so the application can be measured alone."""
+        with self.store.reading() as connection:
+            running = self.store.running_count(run.id, connection) if connection.dialect.name != "postgresql" else 0
+            reading = impact.read(connection, run.batches_done, running)
+        if reading is None:
+            unsupported = "the impact budget needs PostgreSQL or MySQL/MariaDB: not applied"
+            if run.impact_note != unsupported:
+                run = self.store.steer(run, pace=1.0, note=unsupported, state={}) or run
+            return run, False
+        decision = impact.step(impact.State.from_json(run.impact_state), reading, run.pace, run.tuning.impact_budget)
+        steered = self.store.steer(
+            run, pace=decision.pace, note=decision.note or run.impact_note, state=decision.state.to_json()
+        )
+        if steered is None:  # another process's monitor stepped it first: its decision stands
+            current = self.store.get_run(run.id)
+            return current, current.held_reason == impact.RESTING
+        return steered, decision.rest
 
     def _adapt(self, run: Run) -> Run:
         """Steer the batch size towards the target batch duration, every ADAPT_EVERY batches

@@ -70,6 +70,26 @@ class RunProgress:
             return None
         return max(0.0, (total - self.run.rows_done) / self.rate)
 
+    @property
+    def throttle_json(self) -> dict[str, Any] | None:
+        """An operator's throttle in force (its time may have run out: ``until`` says when)."""
+        run = self.run
+        if not run.status.is_active or (run.throttled_until is None and not run.throttle_query):
+            return None
+        return {"until": _iso(run.throttled_until), "query": run.throttle_query, "reason": run.throttle_reason}
+
+    @property
+    def impact_json(self) -> dict[str, Any] | None:
+        """The impact budget and what its controller last decided, while it has one."""
+        run = self.run
+        if not run.tuning.impact_budget:
+            return None
+        return {
+            "budget": run.tuning.impact_budget,
+            "pace": 1.0 if run.pace is None else round(run.pace, 3),
+            "decision": run.impact_note,
+        }
+
     def to_json(self) -> dict[str, Any]:
         run = self.run
         return {
@@ -98,8 +118,11 @@ class RunProgress:
             "started_at": _iso(run.started_at),
             "finished_at": _iso(run.finished_at),
             "last_error": run.last_error,
-            "held_reason": run.held_reason if run.status is RunStatus.RUNNING else None,
-            "held_since": _iso(run.held_since) if run.status is RunStatus.RUNNING else None,
+            # A paused run keeps the reason it paused itself for (a critical load) until resumed.
+            "held_reason": run.held_reason if run.status in (RunStatus.RUNNING, RunStatus.PAUSED) else None,
+            "held_since": _iso(run.held_since) if run.status in (RunStatus.RUNNING, RunStatus.PAUSED) else None,
+            "throttle": self.throttle_json,
+            "impact": self.impact_json,
             "rate_cap": run.tuning.max_rows_per_second or None,
             "rate_cap_wait_seconds": round(self.rate_wait_seconds, 2) if run.status is RunStatus.RUNNING else 0.0,
             "final_pass": run.final_pass.value,

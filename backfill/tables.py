@@ -63,9 +63,24 @@ runs = Table(
     Column("max_replica_lag", Float, nullable=False, default=30.0),
     Column("max_transaction_age", Float, nullable=False, default=600.0),
     Column("max_connections_used", Float, nullable=False, default=0.9),
+    # Settings added later: nullable, so init-db adds them in place (NULL: the setting's default).
+    Column("max_load", Float),
+    Column("critical_load", Float),
+    Column("hold_during_vacuum", Boolean),
+    Column("impact_budget", Float),
     # Why the run is held (an unhealthy database), and since when; NULL when it is not.
     Column("held_reason", Text),
     Column("held_since", Timestamp),
+    # An operator's throttle: no batch starts before throttled_until (the database's clock), nor
+    # while throttle_query returns a row; throttle_reason says who and why.
+    Column("throttled_until", Timestamp),
+    Column("throttle_reason", Text),
+    Column("throttle_query", Text),
+    # The impact budget's controller: the share of time the run may spend in batches (NULL: all
+    # of it), what it last decided and why, and what it remembers between samples.
+    Column("pace", Float),
+    Column("impact_note", Text),
+    Column("impact_state", JSON),
     # The rate cap's schedule: no batch may be claimed before this time (the database's clock),
     # and each claim pushes it on by the batch's rows / max_rows_per_second.
     Column("rate_next_at", Timestamp),

@@ -76,11 +76,14 @@ APPROACHES = {
     ),
     "default": Approach("`backfill run`, default tuning", (*BACKFILL, "run", "accounts_region")),
     "nice": Approach("`backfill run --nice-ratio 1`", (*BACKFILL, "run", "accounts_region", "--nice-ratio", "1")),
+    "budget": Approach(
+        "`backfill run --impact-budget 0.1`", (*BACKFILL, "run", "accounts_region", "--impact-budget", "0.1")
+    ),
     "celery": Approach(
         "Celery, 1 worker + scheduler, default tuning", (*BACKFILL, "start", "accounts_region"), celery=True
     ),
 }
-DEFAULT_ONLY = "update,loop,default,nice,celery"
+DEFAULT_ONLY = "update,loop,default,nice,budget,celery"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -216,6 +216,18 @@ class StoreBase:
         return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
 
 
+def claimable(run: Any, now: Any) -> list[ColumnElement[bool]]:
+    """A run whose batches may be claimed now (``run``: the runs table or a CTE of its columns):
+    running, not held, and no operator's throttle in force. Every claim is guarded by it in
+    the statement that makes it, so a hold or a throttle takes effect at the next claim of
+    every worker, whatever they planned or were sent before."""
+    return [
+        run.status == RunStatus.RUNNING.value,
+        run.held_reason.is_(None),
+        or_(run.throttled_until.is_(None), run.throttled_until <= now),
+    ]
+
+
 def one_of(column: Any, values: Sequence[str]) -> ColumnElement[bool]:
     """``column IN (values)``, written out as equalities: constant, so the hot-path statements
     compile once to plain SQL (an IN list is rendered at execution time)."""
@@ -256,4 +268,4 @@ def _log_at_commit(connection: Connection, queued: list[Event]) -> None:
     waiting.extend(queued)
 
 
-__all__ = ["StoreBase", "batches", "runs"]
+__all__ = ["StoreBase", "batches", "claimable", "runs"]

@@ -284,6 +284,7 @@ def _refreshed(run: Run, state: dict[str, Any]) -> Run:
         cursor=state["cursor"],
         end_key=state["end_key"],
         held_reason=state["held_reason"],
+        pace=state["pace"],
     )
 
 

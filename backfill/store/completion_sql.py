@@ -26,8 +26,8 @@ from sqlalchemy import (
 
 from backfill import tables
 from backfill.clock import plus_seconds
-from backfill.status import BatchStatus, RunStatus
-from backfill.store.base import StoreBase, batches, one_of, runs
+from backfill.status import BatchStatus
+from backfill.store.base import StoreBase, batches, claimable, one_of, runs
 from backfill.store.leases import CLAIM, SUCCEED
 from backfill.transitions import WORKING
 
@@ -35,13 +35,13 @@ WORKING_VALUES = [s.value for s in WORKING]
 """The run statuses in which a batch's end still counts."""
 
 RUN_STATE = (
-    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "batches_done",
-    "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
-    "max_rows_per_second", "pause_seconds", "nice_ratio",
+    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "throttled_until",
+    "batches_done", "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
+    "max_rows_per_second", "pause_seconds", "nice_ratio", "pace",
 )  # fmt: skip
-"""What a chain goes on by, as the completing statement leaves the run: its status and hold, its
-planning state, and the settings an operator may have tuned. (Few columns: they are read back
-with every batch.)"""
+"""What a chain goes on by, as the completing statement leaves the run: its status, hold and
+throttle, its planning state, its pace, and the settings an operator may have tuned. (Few
+columns: they are read back with every batch.)"""
 NEXT_BATCH = ("id", "run_id", "seq", "phase", "first_key", "last_key", "rows", "status", "attempts")
 
 
@@ -95,7 +95,7 @@ def complete_statement(now: ColumnElement[datetime], done_values: dict[str, Any]
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
-        runs_on = exists(select(counted.c.id).where(*carrying(counted.c)))
+        runs_on = exists(select(counted.c.id).where(*carrying(counted.c, now)))
         following = (
             StoreBase._move_batches(
                 CLAIM,
@@ -140,7 +140,8 @@ def _logged(source: CTE, before: BatchStatus, after: BatchStatus, worker: str, n
     )
 
 
-def carrying(run: Any) -> list[ColumnElement[bool]]:
-    """A run whose next batch may be claimed in the statement completing this one: running,
-    not held, and not under a rate cap (a capped claim goes through the cap's schedule)."""
-    return [run.status == RunStatus.RUNNING.value, run.held_reason.is_(None), run.max_rows_per_second == 0]
+def carrying(run: Any, now: Any) -> list[ColumnElement[bool]]:
+    """A run whose next batch may be claimed in the statement completing this one: one that may
+    claim (``claimable``) and is not under a rate cap (a capped claim goes through the cap's
+    schedule)."""
+    return [*claimable(run, now), run.max_rows_per_second == 0]

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    and_,
     case,
     exists,
     func,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 from backfill.clock import plus_seconds
 from backfill.events import Event
 from backfill.status import BatchStatus, RunStatus
-from backfill.store.base import StoreBase, Undo, batches, runs
+from backfill.store.base import StoreBase, Undo, batches, claimable, runs
 from backfill.store.records import BatchRecord, Claim, Refusal, Refused, Run
 from backfill.transitions import WORKING, batch_move
 
@@ -48,10 +49,11 @@ class LeasesMixin(StoreBase):
         *,
         redispatch_after: float | None = None,
     ) -> Claim | Refused:
-        """pending -> running for one worker, only while its run is running and, under a rate
-        cap, only once the cap's schedule allows another batch. ``batch_id`` None: the run's next
-        planned batch (by seq) that is free, unless the run is held; with ``redispatch_after``,
-        not one whose message went out less than that long ago (another chain starts from it).
+        """pending -> running for one worker, only while its run is running, unheld and not
+        throttled (``claimable``) and, under a rate cap, only once the cap's schedule allows
+        another batch. ``batch_id`` None: the run's next planned batch (by seq) that is free;
+        with ``redispatch_after``, not one whose message went out less than that long ago
+        (another chain starts from it).
 
         Committed on its own, before the work starts, so that the attempt counts even if the
         worker dies, and so that the lease is visible to status and to the stuck-batch sweep.
@@ -61,7 +63,7 @@ class LeasesMixin(StoreBase):
             with self.begin() as conn:
                 chosen = batch_id
                 if chosen is None:
-                    chosen = conn.execute(self._next_pending(run.id, redispatch_after, held_too=True)).scalar()
+                    chosen = conn.execute(self._next_pending(run.id, redispatch_after, claimable_only=True)).scalar()
                     if chosen is None:
                         return Refused(Refusal.NONE)
                 if run.tuning.max_rows_per_second > 0:
@@ -75,9 +77,9 @@ class LeasesMixin(StoreBase):
                 return claimed
         except Undo:
             why = self._why_not(run.id)
-            if why is Refusal.NOT_RUNNING and batch_id is not None:
-                # The message was spent on a run that does not run: forget it was ever sent, so
-                # the first tick after the run runs again sends another.
+            if why in (Refusal.NOT_RUNNING, Refusal.HELD) and batch_id is not None:
+                # The message was spent on a run that does not run (or is held): forget it was
+                # ever sent, so the first tick after the run runs again sends another.
                 self.unmark_dispatched(batch_id)
             return Refused(why)
 
@@ -85,7 +87,7 @@ class LeasesMixin(StoreBase):
         self, conn: Connection, backfill: str, run_id: int, batch_id: int, token: str, worker: str, lease: float
     ) -> Claim | None:
         """The guarded claim of one batch, inside the caller's transaction."""
-        run_is_running = exists().where(runs.c.id == run_id, runs.c.status == RunStatus.RUNNING.value)
+        run_is_running = exists().where(runs.c.id == run_id, *claimable(runs.c, self.now()))
         target: ColumnElement[bool] = batches.c.id == batch_id
         if conn.dialect.name == "postgresql":
             # A claim another transaction is still making (its process frozen mid-claim, say)
@@ -108,9 +110,12 @@ class LeasesMixin(StoreBase):
             return None
         return Claim(backfill, self._batch(conn, batch_id), token, worker)
 
-    def _next_pending(self, run_id: Any, redispatch_after: float | None, *, held_too: bool = False) -> Select[Any]:
+    def _next_pending(
+        self, run_id: Any, redispatch_after: float | None, *, claimable_only: bool = False
+    ) -> Select[Any]:
         """The id of the run's first free planned batch (locked, on PostgreSQL, skipping any that
-        another transaction is claiming)."""
+        another transaction is claiming); with ``claimable_only``, none while the run may not
+        claim (``claimable``)."""
         query = select(batches.c.id).where(batches.c.run_id == run_id, batches.c.status == BatchStatus.PENDING.value)
         if redispatch_after is not None:
             query = query.where(
@@ -119,8 +124,8 @@ class LeasesMixin(StoreBase):
                     batches.c.dispatched_at < plus_seconds(self.now(), -redispatch_after),
                 )
             )
-        if held_too:
-            query = query.where(~exists().where(runs.c.id == run_id, runs.c.held_reason.is_not(None)))
+        if claimable_only:
+            query = query.where(exists().where(runs.c.id == run_id, *claimable(runs.c, self.now())))
         query = query.order_by(batches.c.seq).limit(1)
         if self.engine.dialect.name in ("postgresql", "mysql", "mariadb"):
             query = query.with_for_update(skip_locked=True)
@@ -158,8 +163,12 @@ class LeasesMixin(StoreBase):
 
     def _why_not(self, run_id: int) -> Refusal:
         with self.reading() as conn:
-            status = conn.execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
-        return Refusal.TAKEN if status == RunStatus.RUNNING.value else Refusal.NOT_RUNNING
+            row = conn.execute(
+                select(runs.c.status, and_(*claimable(runs.c, self.now()))).where(runs.c.id == run_id)
+            ).first()
+        if row is None or row[0] != RunStatus.RUNNING.value:
+            return Refusal.NOT_RUNNING
+        return Refusal.TAKEN if row[1] else Refusal.HELD
 
     def extend_lease(self, claim: Claim, lease_seconds: float) -> bool:
         """The heartbeat of a batch in progress: its worker is alive, keep the batch its own."""
@@ -249,9 +258,10 @@ class LeasesMixin(StoreBase):
         recent = plus_seconds(self.now(), -redispatch_after)
         with self.begin() as conn:
             self._lock_run(conn, run.id)
-            current = self._run(conn, run.id)
-            if current.status is not RunStatus.RUNNING or current.held_reason:
+            may = conn.execute(select(runs.c.id).where(runs.c.id == run.id, *claimable(runs.c, self.now()))).first()
+            if may is None:
                 return []
+            current = self._run(conn, run.id)
             busy = conn.execute(
                 select(func.count())
                 .select_from(batches)

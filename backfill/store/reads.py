@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, null, select
+from sqlalchemy import Connection, case, func, null, select
 
 from backfill import tables
 from backfill.clock import plus_seconds
@@ -21,6 +21,11 @@ class ReadsMixin(StoreBase):
         with self.reading() as conn:
             now: datetime = conn.execute(select(self.now())).scalar_one()
         return now
+
+    def running_count(self, run_id: int, connection: Connection) -> int:
+        """The run's batches in a worker's hands now (its sessions busy in the database)."""
+        query = select(func.count()).where(batches.c.run_id == run_id, batches.c.status == BatchStatus.RUNNING.value)
+        return int(connection.execute(query).scalar_one())
 
     def batch_counts(self, run_id: int) -> dict[BatchStatus, int]:
         return self.batch_stats(run_id).counts

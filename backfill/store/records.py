@@ -79,6 +79,16 @@ class Run:
     params: dict[str, Any] | None = None
     """The run's parameter values in their stored (JSON) form; ``backfill.params.decode`` gives
     them their types."""
+    throttled_until: datetime | None = None
+    """An operator's throttle: no batch starts before this time (the database's clock)."""
+    throttle_reason: str | None = None
+    throttle_query: str | None = None
+    """An operator's throttle query: while it returns a row, the run is held."""
+    pace: float | None = None
+    """The impact budget's share of time the run may spend in batches (None: all of it)."""
+    impact_note: str | None = None
+    """What the impact budget's controller last decided, in words."""
+    impact_state: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
@@ -95,7 +105,8 @@ class Run:
             planned_all=bool(m["planned_all"]),
             rows_total_estimated=bool(m["rows_total_estimated"]),
             final_pass=FinalPass(m["final_pass"] or FinalPass.PAST_END),
-            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__}),
+            # A setting added after the run was recorded is NULL on its row: the default applies.
+            tuning=Tuning(**{name: m[name] for name in Tuning.__dataclass_fields__ if m.get(name) is not None}),
         )
 
 
@@ -194,6 +205,9 @@ class Refusal(enum.Enum):
     """The rate cap: no batch may start before ``retry_after``."""
     LOST = "lost"
     """The claim ran out and another worker may hold the batch now."""
+    HELD = "held"
+    """The run is held or throttled: the batch waits (its message is spent; the next tick after
+    the hold sends one)."""
 
 
 @dataclass(frozen=True)

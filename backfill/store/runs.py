@@ -112,12 +112,14 @@ class RunsMixin(StoreBase):
         move: Move[RunStatus],
         *,
         error: str | None = None,
+        note: str | None = None,
         guard: Any = None,
         actor: str | None = None,
         **changes: Any,
     ) -> Run | None:
-        """Move a run along ``move`` (with ``changes`` to its other columns) and record it;
-        None when the run was not in one of the move's sources, or ``guard`` did not hold."""
+        """Move a run along ``move`` (with ``changes`` to its other columns) and record it, with
+        its ``error`` (kept as the run's last error too) or a ``note``; None when the run was not
+        in one of the move's sources, or ``guard`` did not hold."""
         if error is not None:
             changes["last_error"] = error
         with self.begin() as conn:
@@ -137,7 +139,7 @@ class RunsMixin(StoreBase):
                     after=move.target,
                     before=before.status,
                     worker=actor,
-                    error=error,
+                    error=error or note,
                 ),
             )
             return self._run(conn, run_id)
@@ -153,8 +155,12 @@ class RunsMixin(StoreBase):
             started_at=self.now(),
         )
 
-    def pause(self, run: Run, *, actor: str | None = None) -> Run | None:
-        return self._transition(run.id, PAUSE, actor=actor)
+    def pause(self, run: Run, *, actor: str | None = None, reason: str | None = None) -> Run | None:
+        """running (or pending) -> paused; with ``reason`` (the run pausing itself past a critical
+        limit), kept as why it is held until an operator resumes it."""
+        if reason is None:
+            return self._transition(run.id, PAUSE, actor=actor)
+        return self._transition(run.id, PAUSE, actor=actor, note=f"paused: {reason}", held_reason=reason)
 
     def resume(self, run: Run, *, actor: str | None = None) -> Run | None:
         """paused -> running (or pending, if it never started)."""
@@ -163,7 +169,10 @@ class RunsMixin(StoreBase):
             if current.status is not PAUSED:
                 return None
             move = RESUME if current.started_at is not None else RESUME_UNSTARTED
-            if not conn.execute(self._move_run(run.id, move).where(runs.c.status == PAUSED.value)).rowcount:
+            resumed = self._move_run(run.id, move, held_reason=None, held_since=None).where(
+                runs.c.status == PAUSED.value
+            )
+            if not conn.execute(resumed).rowcount:
                 return None
             self._forget_dispatches(conn, run.id)
             self._record(

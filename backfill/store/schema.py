@@ -62,7 +62,12 @@ def check_checkpoint_tables(bind: Engine | Connection) -> None:
         )
 
 
-ADDED_LATER = {"backfill_runs": ("started_by", "params")}
+ADDED_LATER = {
+    "backfill_runs": (
+        "started_by", "params", "max_load", "critical_load", "hold_during_vacuum", "impact_budget",
+        "throttled_until", "throttle_reason", "throttle_query", "pace", "impact_note", "impact_state",
+    ),
+}  # fmt: skip
 """Columns newer than the first release of the checkpoint tables: nullable, so that ``init-db``
 adds them to an existing installation in place. A table lacking any other column is not ours."""
 
