@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, event, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, column, event, exists, extract, or_, select, table, update
 from sqlalchemy.sql.dml import Update
 
 from backfill import events, tables
@@ -216,16 +216,24 @@ class StoreBase:
         return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
 
 
-def claimable(run: Any, now: Any) -> list[ColumnElement[bool]]:
+_REPLICATION = table("pg_stat_replication", column("replay_lag"))
+
+
+def claimable(run: Any, now: Any, dialect: str) -> list[ColumnElement[bool]]:
     """A run whose batches may be claimed now (``run``: the runs table or a CTE of its columns):
-    running, not held, and no operator's throttle in force. Every claim is guarded by it in
-    the statement that makes it, so a hold or a throttle takes effect at the next claim of
-    every worker, whatever they planned or were sent before."""
-    return [
+    running, not held, no operator's throttle in force, and on PostgreSQL no streaming replica
+    lagging past the run's ``max_replica_lag``. Every claim is guarded by it in the statement
+    that makes it, so a hold, a throttle or a lagging replica takes effect at the next claim of
+    every worker, whatever they planned or were sent before (the monitor then says why)."""
+    guards = [
         run.status == RunStatus.RUNNING.value,
         run.held_reason.is_(None),
         or_(run.throttled_until.is_(None), run.throttled_until <= now),
     ]
+    if dialect == "postgresql":
+        lagging = exists().where(extract("epoch", _REPLICATION.c.replay_lag) > run.max_replica_lag)
+        guards.append(or_(run.max_replica_lag == 0, ~lagging))
+    return guards
 
 
 def one_of(column: Any, values: Sequence[str]) -> ColumnElement[bool]:

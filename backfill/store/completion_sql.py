@@ -37,7 +37,7 @@ WORKING_VALUES = [s.value for s in WORKING]
 RUN_STATE = (
     "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "throttled_until",
     "batches_done", "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
-    "max_rows_per_second", "pause_seconds", "nice_ratio", "pace",
+    "max_rows_per_second", "pause_seconds", "nice_ratio", "pace", "max_replica_lag",
 )  # fmt: skip
 """What a chain goes on by, as the completing statement leaves the run: its status, hold and
 throttle, its planning state, its pace, and the settings an operator may have tuned. (Few
@@ -141,7 +141,7 @@ def _logged(source: CTE, before: BatchStatus, after: BatchStatus, worker: str, n
 
 
 def carrying(run: Any, now: Any) -> list[ColumnElement[bool]]:
-    """A run whose next batch may be claimed in the statement completing this one: one that may
-    claim (``claimable``) and is not under a rate cap (a capped claim goes through the cap's
-    schedule)."""
-    return [*claimable(run, now), run.max_rows_per_second == 0]
+    """A run whose next batch may be claimed in the statement completing this one (PostgreSQL's):
+    one that may claim (``claimable``) and is not under a rate cap (a capped claim goes through
+    the cap's schedule)."""
+    return [*claimable(run, now, "postgresql"), run.max_rows_per_second == 0]

@@ -87,7 +87,7 @@ class LeasesMixin(StoreBase):
         self, conn: Connection, backfill: str, run_id: int, batch_id: int, token: str, worker: str, lease: float
     ) -> Claim | None:
         """The guarded claim of one batch, inside the caller's transaction."""
-        run_is_running = exists().where(runs.c.id == run_id, *claimable(runs.c, self.now()))
+        run_is_running = exists().where(runs.c.id == run_id, *claimable(runs.c, self.now(), self.engine.dialect.name))
         target: ColumnElement[bool] = batches.c.id == batch_id
         if conn.dialect.name == "postgresql":
             # A claim another transaction is still making (its process frozen mid-claim, say)
@@ -125,7 +125,9 @@ class LeasesMixin(StoreBase):
                 )
             )
         if claimable_only:
-            query = query.where(exists().where(runs.c.id == run_id, *claimable(runs.c, self.now())))
+            query = query.where(
+                exists().where(runs.c.id == run_id, *claimable(runs.c, self.now(), self.engine.dialect.name))
+            )
         query = query.order_by(batches.c.seq).limit(1)
         if self.engine.dialect.name in ("postgresql", "mysql", "mariadb"):
             query = query.with_for_update(skip_locked=True)
@@ -164,7 +166,9 @@ class LeasesMixin(StoreBase):
     def _why_not(self, run_id: int) -> Refusal:
         with self.reading() as conn:
             row = conn.execute(
-                select(runs.c.status, and_(*claimable(runs.c, self.now()))).where(runs.c.id == run_id)
+                select(runs.c.status, and_(*claimable(runs.c, self.now(), self.engine.dialect.name))).where(
+                    runs.c.id == run_id
+                )
             ).first()
         if row is None or row[0] != RunStatus.RUNNING.value:
             return Refusal.NOT_RUNNING
@@ -258,7 +262,9 @@ class LeasesMixin(StoreBase):
         recent = plus_seconds(self.now(), -redispatch_after)
         with self.begin() as conn:
             self._lock_run(conn, run.id)
-            may = conn.execute(select(runs.c.id).where(runs.c.id == run.id, *claimable(runs.c, self.now()))).first()
+            may = conn.execute(
+                select(runs.c.id).where(runs.c.id == run.id, *claimable(runs.c, self.now(), self.engine.dialect.name))
+            ).first()
             if may is None:
                 return []
             current = self._run(conn, run.id)
