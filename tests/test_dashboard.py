@@ -280,3 +280,19 @@ def test_the_dashboard_says_what_is_wrong_and_stays_up(browser: WebDriver, dashb
     browser.refresh()
     assert browser.find_element(By.TAG_NAME, "h1").text != "The database cannot answer"
     assert dashboard.process.poll() is None
+
+
+def test_a_throttle_and_the_impact_budgets_decisions_are_shown(
+    browser: WebDriver, dashboard: Dashboard, db: Database
+) -> None:
+    counters.fill(db.engine, items, list(range(1, 21)))
+    app = db.app()
+    run = app.start("counter_int", impact_budget=0.1)
+    app.throttle("counter_int", seconds=600, reason="month-end close", actor="cli:bob@ops")
+    decision = "backing off: 3 session(s) waited on the run's locks: pace 60% -> 40%"
+    assert app.store.steer(app.store.get_run(run.id), pace=0.4, note=decision, state={}) is not None
+    dashboard.page(browser, "/runs/counter_int")
+    assert browser.find_element(By.CSS_SELECTOR, "td.impact").text == f"10%: pace 40%; {decision}"
+    assert "(month-end close)" in browser.find_element(By.CSS_SELECTOR, "td.throttle").text
+    actions = browser.find_element(By.CSS_SELECTOR, "table.actions").text
+    assert "throttled for 600s (month-end close) cli:bob@ops" in actions

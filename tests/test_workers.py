@@ -328,3 +328,21 @@ def test_operators_retrying_splitting_and_tuning_at_once_while_workers_run(db: D
     batches = app.store.batches_of(run.id)
     assert run.rows_done == sum(b.rows for b in batches if b.status is BatchStatus.SUCCEEDED)
     assert run.batches_failed == 0 == sum(b.status is BatchStatus.FAILED for b in batches)
+
+
+def test_a_throttle_stops_every_workers_next_claim_messages_sent_before_it_too(db: Database, cluster: Cluster) -> None:
+    from tests.test_holds import claimed_after, event_time, held
+
+    counters.fill(db.engine, items, list(range(1, 8001)))
+    cluster.start_worker("w1", concurrency=2)
+    cluster.start_worker("w2", concurrency=2)
+    cluster.start_scheduler()
+    assert db.cli("start", "counter_slow", "--parallelism", "4").returncode == 0
+    run = wait_for_run(db, "counter_slow", until="8")
+    assert db.cli("throttle", "counter_slow", "--for", "1h", "--reason", "month-end close").returncode == 0
+    at = event_time(db, run.id, "throttled")
+    held(db, "counter_slow", "month-end close")
+    time.sleep(2.0)  # four chains, messages already in the queue, ticks every 0.5 s
+    assert claimed_after(db, run.id, at) == 0
+    assert db.cli("throttle", "counter_slow", "--off").returncode == 0
+    assert_clean_finish(db, "counter_slow", 8000)
