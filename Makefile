@@ -35,10 +35,13 @@ unit: $(VENV)/.installed-dev
 
 test: lint typecheck unit
 
-# The players/teams migration on PostgreSQL five ways; e.g. make bench BENCH_ARGS="--rows 200000"
-# then backfill lint over 1,000 generated revisions.
+# The players/teams migration on PostgreSQL five ways; e.g. make bench BENCH_ARGS="--rows 200000";
+# then beside a live application (pgbench on PostgreSQL, a TPC-B-like client on MariaDB), e.g.
+# make bench OLTP_ARGS="--scale 5 --rounds 1"; then backfill lint over 1,000 generated revisions.
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.oltp $(OLTP_ARGS)
+	$(BIN)/python -m bench.oltp --dialect mariadb $(OLTP_ARGS)
 	$(BIN)/python -m bench.lint
 
 # The interleaving simulator at length: 100,000 schedules on SQLite, then a slice on PostgreSQL.
