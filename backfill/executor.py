@@ -292,13 +292,20 @@ __all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]
 def _pauses(run: Run) -> bool:
     """A throttled run sleeps between batches: it claims the next one after the sleep, in the
     same chain (a claim of its own, not one riding on the commit before the sleep)."""
-    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio or (run.pace is not None and run.pace < 1))
+    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio or _paced(run))
+
+
+def _paced(run: Run) -> bool:
+    """The impact budget's controller has slowed the run (and still steers it: a budget tuned
+    to 0 lets it go full speed at once)."""
+    return bool(run.tuning.impact_budget and run.pace is not None and 0 < run.pace < 1)
 
 
 def _rest_after(run: Run, seconds: float) -> float:
     """A worker's rest after a batch of ``seconds``: the fixed pause, the nice ratio's share,
     and what the impact budget's pace asks for (a pace of 0.25 rests three times the batch)."""
     rest = run.tuning.pause_seconds + run.tuning.nice_ratio * seconds
-    if run.pace is not None and 0 < run.pace < 1:
+    if _paced(run):
+        assert run.pace is not None
         rest += seconds * (1 - run.pace) / run.pace
     return rest

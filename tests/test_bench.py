@@ -36,10 +36,12 @@ def test_the_oltp_harness_runs_end_to_end(
     monkeypatch.setattr(scenario, "ADMIN_URL", POSTGRES_ADMIN_URL)
     monkeypatch.setattr(scenario, "MARIADB_ADMIN_URL", MARIADB_ADMIN_URL.rsplit("/", 1)[0] + "/")
     monkeypatch.setattr(oltp, "WARM_UP_SECONDS", 0.5)
-    argv = ["--dialect", dialect, "--scale", "1", "--only", "loop,default", "--rounds", "1", "--idle-seconds", "1",
-            "--no-save"]  # fmt: skip
+    only = "loop,default" if dialect == "postgresql" else "loop"  # MariaDB: its own application client
+    argv = ["--dialect", dialect, "--scale", "1", "--only", only, "--rounds", "1", "--idle-seconds", "1", "--no-save"]
     assert oltp.main(argv) == 0
     out = capsys.readouterr().out
-    assert "hand-written keyset loop, 1,000 rows per commit" in out and "`backfill run`, default tuning" in out
+    assert "hand-written keyset loop, 1,000 rows per commit" in out
     assert "app transactions lost per 1,000 rows" in out
-    assert "default: rows/s ≥ 1.0 x the hand loop" in out  # the targets are judged
+    if dialect == "postgresql":
+        assert "`backfill run`, default tuning" in out
+        assert "default: rows/s ≥ 1.0 x the hand loop" in out  # the targets are judged

@@ -101,7 +101,12 @@ def test_the_run_backs_off_when_the_application_waits_on_its_locks(db: Database)
         assert shown["impact"]["decision"]
         assert "impact budget 10%: pace" in db.cli("status", "lingering", app=None).stdout
         assert writes[0] > 0
+        tuned = db.app(definition).tune("lingering", impact_budget=0)  # off: full speed at once
+        assert tuned.tuning.impact_budget == 0
+        turned_off = time.monotonic()
     thread.join(180)
+    # At most 3,000 rows in 100-row batches of 0.1 s: the rest goes at full speed, unpaced.
+    assert time.monotonic() - turned_off < 8
     assert result and result[0].status is RunStatus.FINISHED, result
     assert counter_histogram(db, items) == {1: 3000}
     with db.engine.connect() as connection:

@@ -60,10 +60,12 @@ def test_spans_partition_any_keys_in_the_databases_order(db: Database) -> None:
     from hypothesis import strategies as st
     from sqlalchemy import text
 
-    tenants = st.sampled_from(["a", "B", "b", "c", "Z", "é", "ab"])
+    # Distinct whatever the collation (MariaDB's ignores case and accents), yet ordered differently
+    # by each: "B" before or after "a", "é" among the letters or past "Z".
+    tenants = st.sampled_from(["a", "B", "c", "Z", "é", "ab", "b2"])
     keys_of = st.sets(st.tuples(tenants, st.integers(0, 30)), min_size=0, max_size=40)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(keys=keys_of, size=st.integers(1, 9), count=st.integers(1, 6), data=st.data())
     def check(keys: set[tuple[str, int]], size: int, count: int, data: st.DataObject) -> None:
         with db.engine.begin() as connection:

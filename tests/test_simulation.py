@@ -30,11 +30,15 @@ from tests.sim.scenario import Report, run_schedule
 SCHEDULES = 1000
 """In every `make test`; `make soak` runs 100,000."""
 
+BEFORE_HOLDS = {"throttles": False, "nice": 0.0, "impact": 0.0}
+"""Seeds found before throttles, nice ratios and the impact budget joined the schedules: with
+them off, a seed replays the schedule it found."""
+
 REGRESSIONS: list[tuple[int, dict[str, Any]]] = [
     # A chain's planner stopped a run on failure counts read before an operator's retry.
-    (280, {}),
+    (280, BEFORE_HOLDS),
     # Messages consumed while a run was failed were never sent again after its retry.
-    (99, {"mode": "celery", "crashes": False, "messages": False, "operators": 1}),
+    (99, {"mode": "celery", "crashes": False, "messages": False, "operators": 1, **BEFORE_HOLDS}),
 ]
 
 
@@ -57,7 +61,10 @@ def test_schedules_that_once_found_a_race(seed: int, force: dict[str, Any]) -> N
 
 
 def _first_violation(check: str, force: dict[str, Any], seeds: int = 400) -> Report | None:
-    """The first schedule (in seed order) that breaks ``check``, looked for in two processes."""
+    """The first schedule (in seed order) that breaks ``check``, looked for in two processes
+    (among schedules without the later features, unless ``force`` asks for them: each defect
+    is looked for where it was first found)."""
+    force = {**BEFORE_HOLDS, **force}
     context = multiprocessing.get_context("fork")
     with context.Pool(2) as pool:
         reports = pool.imap(_one_check, zip(range(seeds), itertools.repeat((check, force))), chunksize=4)
@@ -131,3 +138,27 @@ def test_it_finds_a_run_left_idle_after_it_runs_again(monkeypatch: pytest.Monkey
     monkeypatch.setattr(leases.LeasesMixin, "unmark_dispatched", lambda self, batch_id: None)
     found = _first_violation("stall", {"mode": "celery", "crashes": False, "messages": False, "operators": 1})
     assert found is not None and "sat idle" in found.violations[0]
+
+
+def test_it_finds_a_claim_that_ignores_an_operators_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims guarded by the hold alone: between an operator's throttle and the monitor's next
+    look, a worker claims a batch the throttle should have kept back."""
+
+    def unthrottled(run: Any, now: Any, dialect: str) -> list[Any]:
+        return [run.status == "running", run.held_reason.is_(None)]
+
+    monkeypatch.setattr(leases, "claimable", unthrottled)
+    found = _first_violation("holds", {"throttles": True, "operators": 2})
+    assert found is not None and "while held (throttled" in found.violations[0]
+
+
+def test_it_finds_a_claim_that_ignores_a_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims guarded by the status alone: a held run (an operator's throttle, the impact
+    budget's rest) goes on claiming until its planners stop planning."""
+
+    def unheld(run: Any, now: Any, dialect: str) -> list[Any]:
+        return [run.status == "running"]
+
+    monkeypatch.setattr(leases, "claimable", unheld)
+    found = _first_violation("holds", {"impact": 0.1, "mode": "celery"})
+    assert found is not None and "while held" in found.violations[0]

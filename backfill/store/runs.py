@@ -158,9 +158,11 @@ class RunsMixin(StoreBase):
     def pause(self, run: Run, *, actor: str | None = None, reason: str | None = None) -> Run | None:
         """running (or pending) -> paused; with ``reason`` (the run pausing itself past a critical
         limit), kept as why it is held until an operator resumes it."""
-        if reason is None:
-            return self._transition(run.id, PAUSE, actor=actor)
-        return self._transition(run.id, PAUSE, actor=actor, note=f"paused: {reason}", held_reason=reason)
+        if reason is None:  # an operator's: a hold the monitor had put on it no longer says why it waits
+            return self._transition(run.id, PAUSE, actor=actor, held_reason=None, held_since=None)
+        return self._transition(
+            run.id, PAUSE, actor=actor, note=f"paused: {reason}", held_reason=reason, held_since=self.now()
+        )
 
     def resume(self, run: Run, *, actor: str | None = None) -> Run | None:
         """paused -> running (or pending, if it never started)."""

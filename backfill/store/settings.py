@@ -131,12 +131,17 @@ class SettingsMixin(StoreBase):
             if not changed:
                 raise RunStateError(f"backfill '{run.name}': run {run.id} is over; nothing to unthrottle")
             after = self._run(conn, run.id)
-            if before.throttled_until is not None or before.throttle_query:
-                self._record(
-                    conn,
+            notes = ["throttle lifted"] if before.throttled_until is not None or before.throttle_query else []
+            if before.held_reason and not after.held_reason:
+                notes.append(f"released after: {before.held_reason}")
+            self._record(
+                conn,
+                *(
                     Event(backfill=run.name, run_id=run.id, after=after.status, before=after.status, worker=actor,
-                          error="throttle lifted"),
-                )  # fmt: skip
+                          error=note)
+                    for note in notes
+                ),
+            )  # fmt: skip
             return after
 
     def throttle_in_force(self, run: Run, connection: Connection) -> str | None:

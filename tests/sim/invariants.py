@@ -39,6 +39,8 @@ CHECKS = (
     "ends",  # once faults stop, the run reaches an end
     "stall",  # without crashes or lost messages, a runnable run never sits idle
     "rate",  # over any 10 s, rows done stay within the rate cap (+10%)
+    "holds",  # no batch is claimed while the run is held or an operator's throttle is in force
+    "pace",  # the impact budget's pace stays within its bounds
 )
 
 
@@ -102,6 +104,46 @@ class Checker:
         self._settings(run)
         self._logged()
         self._over(run)
+        self._holds(batches)
+        self._pace(run)
+
+    def _holds(self, batches: list[Any]) -> None:
+        """A claim (a batch's ``started_at``, the database's time) never falls strictly inside a
+        throttle an operator set, or between a hold and its release (the run's history)."""
+        if "holds" not in self.checks:
+            return
+        windows = [(T0 + timedelta(seconds=a), T0 + timedelta(seconds=b), "throttled") for a, b in self.s.throttled]
+        raw = self.s.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute('SELECT at, error, "after" FROM backfill_events WHERE batch_id IS NULL ORDER BY id')
+            notes = cursor.fetchall()
+            raw.rollback()
+        finally:
+            raw.close()
+        since = None
+        for at, note, after in notes:
+            at = datetime.fromisoformat(at) if isinstance(at, str) else at
+            if (note or "").startswith("held: "):
+                since = since or (at, note[6:])
+            elif since is not None and ((note or "").startswith("released after: ") or after != "running"):
+                windows.append((since[0], at, since[1]))
+                since = None
+        if since is not None:
+            windows.append((since[0], datetime.max, since[1]))
+        for b in batches:
+            claimed = b.started_at
+            for start, end, why in windows:
+                if claimed is not None and start < claimed < end:
+                    at = (claimed - T0).total_seconds()
+                    self.fail("holds", f"batch {b.seq} was claimed at {at:.2f}s while held ({why})")
+                    return
+
+    def _pace(self, run: Any) -> None:
+        from backfill.impact import MIN_PACE
+
+        if run.pace is not None and not MIN_PACE <= run.pace <= 1.0:
+            self.fail("pace", f"the pace is {run.pace}, outside [{MIN_PACE}, 1]")
 
     def _structure(self, run: Any, batches: list[Any]) -> None:
         open_batches = [b for b in batches if b.status in OPEN]
@@ -307,7 +349,7 @@ class Checker:
 
 _RUN = (
     "id", "status", "phase", "cursor", "end_key", "next_seq", "held_reason", "rows_done", "batches_done",
-    "batches_failed", "last_error", "parallelism", "max_attempts", "max_rows_per_second",
+    "batches_failed", "last_error", "parallelism", "max_attempts", "max_rows_per_second", "pace",
 )  # fmt: skip
 _BATCH = (
     "id", "seq", "phase", "status", "first_key", "last_key", "rows", "attempts", "created_at", "started_at",

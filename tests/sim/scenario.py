@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import logging
 import os
+import random
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, cre
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
-from backfill import App, Backfill, Batch, Registry, Tuning, tables
+from backfill import App, Backfill, Batch, Registry, Tuning, impact, tables
 from backfill.dispatch import Dispatcher
 from backfill.errors import BackfillError
 from backfill.inline import InlineRunner
@@ -29,7 +30,7 @@ from backfill.status import RunStatus
 from backfill.store import Store
 from backfill.target import Target, resolve
 from tests.sim import invariants, seams
-from tests.sim.world import Process, Sim
+from tests.sim.world import T0, Process, Sim
 
 NAME = "sim"
 _RUN_FIELDS = (
@@ -74,6 +75,11 @@ class Config:
     crashes: bool
     messages: bool
     target_seconds: float
+    # Drawn from a random stream of their own (``_extras``), so that the schedules of every seed
+    # from before they existed stay what they were when they are off.
+    throttles: bool = False
+    nice: float = 0.0
+    impact: float = 0.0
 
     @classmethod
     def draw(cls, rng: Any, force: dict[str, Any] | None = None, dialect: str = "sqlite") -> Config:
@@ -105,6 +111,10 @@ class Config:
             messages=rng.random() < 0.5,
             target_seconds=rng.choice([0.0, 0.0, 0.03]),
         )
+        extras = random.Random(rng.random())
+        config.throttles = extras.random() < 0.3
+        config.nice = extras.choice([0.0, 0.0, 0.0, 0.5])
+        config.impact = extras.choice([0.0, 0.0, 0.0, 0.1])
         for name, value in (force or {}).items():
             setattr(config, name, value)
         return config
@@ -253,6 +263,10 @@ class Schedule:
         self.expected: dict[str, Any] = {}
         self.final_pass_at: float | None = None
         self.retried = False
+        self.throttled: list[list[float]] = []
+        """The operators' throttles: [from, until] in the database's time (seconds of the sim)."""
+        self.readings = random.Random(seed * 7919 + 13)
+        self.app_commits = 0
         self.logged: list[tuple[Any, ...]] = []
         self.logged_details: list[dict[str, Any]] = []
         self.definition = self._definition()
@@ -274,6 +288,8 @@ class Schedule:
             max_rows_per_second=c.rate_cap,
             max_failed_ratio=0.5,
             min_batches_for_ratio=6,
+            nice_ratio=c.nice,
+            impact_budget=c.impact,
         )
         kind = c.definition
         pending = {
@@ -394,6 +410,7 @@ class Schedule:
                     key = self._new_key()
                     with self.engine.begin() as connection:
                         connection.execute(items.insert().values(id=key))
+                    self.app_commits += 1
                     self.rows[key] = RowModel(sim.t, 1, sim.t)
                     sim.note(f"app inserts {key}")
                 else:
@@ -422,11 +439,12 @@ class Schedule:
 
         def body() -> None:
             app = self._app(process)
+            actions, weights = ["retry", "split", "tune", "pause", "resume", "cancel", "fix"], [4, 3, 4, 2, 3, 0.3, 2]
+            if self.config.throttles:
+                actions, weights = [*actions, "throttle", "unthrottle"], [*weights, 3, 2]
             while True:
                 sim.sleep(sim.rng.uniform(0.5, 8.0))
-                action = sim.rng.choices(
-                    ["retry", "split", "tune", "pause", "resume", "cancel", "fix"], [4, 3, 4, 2, 3, 0.3, 2]
-                )[0]
+                action = sim.rng.choices(actions, weights)[0]
                 try:
                     if action == "fix" and self.poison:
                         key = sim.rng.choice(sorted(self.poison))
@@ -448,10 +466,34 @@ class Schedule:
                     elif action in ("pause", "resume", "cancel"):
                         run = getattr(app, action)(NAME)
                         sim.note(f"operator{index} {action}: run {run.status}")
+                    elif action == "throttle":
+                        seconds = sim.rng.uniform(1.0, 20.0)
+                        run = app.throttle(NAME, seconds=seconds, reason=f"operator{index}")
+                        assert run.throttled_until is not None
+                        until = (run.throttled_until - T0).total_seconds()
+                        self.throttled.append([until - seconds, until])
+                        sim.note(f"operator{index} throttles for {seconds:.1f}s")
+                    elif action == "unthrottle":
+                        app.unthrottle(NAME)
+                        self._lifted(sim.t)
+                        sim.note(f"operator{index} lifts the throttle")
                 except BackfillError as exc:
                     sim.note(f"operator{index} {action} refused: {exc}")
 
         sim.spawn(f"operator{index}", "operator", process, body)
+
+    def _lifted(self, at: float) -> None:
+        for window in self.throttled:
+            window[1] = min(window[1], at)
+
+    def _reading(self, connection: Connection, ours: int, our_running: int) -> impact.Reading:
+        """The database's side of the impact budget's reading, made up by the simulation (SQLite
+        has no other sessions): the application's commits and sessions, some waiting on ours."""
+        r = self.readings
+        return impact.Reading(
+            at=self.sim.t, commits=float(self.app_commits + ours), ours=ours,
+            busy=float(r.randint(0, 4)), blocked=r.choice([0, 0, 0, 1]),
+        )  # fmt: skip
 
     # -- the schedule ---------------------------------------------------------------------
 
@@ -525,6 +567,11 @@ class Schedule:
         run = self.app.store.latest_run(NAME)
         if run is None:
             return
+        if run.status.is_active and (run.throttled_until is not None or run.throttle_query):
+            self.app.unthrottle(NAME)
+            self._lifted(self.sim.t)
+            self.sim.note("calm: throttle lifted")
+            run = self.app.store.get_run(run.id)
         if run.status is RunStatus.PAUSED:
             self.app.resume(NAME)
             self.sim.note("calm: resumed")
@@ -552,6 +599,8 @@ class Schedule:
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
+        reader = impact.read
+        impact.read = self._reading  # type: ignore[assignment]
         try:
             with contextlib.nullcontext():
                 self.start()
@@ -575,6 +624,7 @@ class Schedule:
                     checker.calm_step()
                 checker.at_end()
         finally:
+            impact.read = reader  # type: ignore[assignment]
             logger.removeHandler(handler)
             logger.setLevel(level)
             logger.propagate = propagate

@@ -101,12 +101,17 @@ def test_the_eta_is_the_rows_left_at_the_current_rate_while_running() -> None:
     assert progress(a_run(**ESTIMATED, rows_done=1500), rate=50.0).eta_seconds == 0.0
 
 
-def test_the_json_counts_what_is_in_flight_and_shows_a_hold_only_while_running() -> None:
+def test_the_json_counts_what_is_in_flight_and_shows_a_hold_while_running_or_why_a_run_paused_itself() -> None:
     held = {"held_reason": "replica lag 45 s", "held_since": CREATED + timedelta(minutes=5)}
     running = progress(a_run(**ESTIMATED, **held)).to_json()
     assert running["batches_in_flight"] == 3
     assert running["held_reason"] == "replica lag 45 s"
     assert running["held_since"] == "2026-11-23T12:05:00Z"
-    paused = progress(a_run(**{**ESTIMATED, "status": RunStatus.PAUSED}, **held)).to_json()
+    paused = progress(a_run(**{**ESTIMATED, "status": RunStatus.PAUSED})).to_json()
     assert paused["held_reason"] is None and paused["held_since"] is None
+    critical = {"held_reason": "critical load: 1,204 sessions running", "held_since": CREATED}
+    paused_itself = progress(a_run(**{**ESTIMATED, "status": RunStatus.PAUSED}, **critical)).to_json()
+    assert paused_itself["held_reason"] == "critical load: 1,204 sessions running"
+    finished = progress(a_run(**{**ESTIMATED, "status": RunStatus.FINISHED}, **held)).to_json()
+    assert finished["held_reason"] is None
     assert running["table"] == DEFINITION.table
