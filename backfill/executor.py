@@ -122,7 +122,7 @@ class Executor:
             following: Claim | None = claim
             while following is not None:
                 current = following
-                carrying = carry and keep_going() and not _pauses(run)
+                carrying = carry and keep_going() and not _claims_after_rest(run)
                 ahead = Carry(self.host.worker_name(), self.host.lease_seconds, redispatch_after) if carrying else None
                 outcome, run, following, left = self._one(connection, limits, run, target, current, ahead)
                 outcomes.append(outcome)
@@ -289,10 +289,17 @@ class Executor:
 __all__ = ["Executor", "Outcome", "PendingNotCleared", "Result"]
 
 
-def _pauses(run: Run) -> bool:
-    """A throttled run sleeps between batches: it claims the next one after the sleep, in the
-    same chain (a claim of its own, not one riding on the commit before the sleep)."""
-    return bool(run.tuning.pause_seconds or run.tuning.nice_ratio or _paced(run))
+CARRY_THROUGH_RATIO = 3.0
+"""A rest of at most this many times a batch's duration is taken holding the next batch, claimed
+with the commit before it: a claim of its own would cost a transaction a batch."""
+
+
+def _claims_after_rest(run: Run) -> bool:
+    """A run that rests long between batches (a fixed ``pause_seconds``, a large nice ratio, a
+    slow pace) claims its next batch after the rest, in the same chain, rather than hold it
+    (and its lease) all the while; a short rest rides on the commit's claim."""
+    ratio = run.tuning.nice_ratio + (((1 - run.pace) / run.pace) if _paced(run) and run.pace else 0.0)
+    return bool(run.tuning.pause_seconds) or ratio > CARRY_THROUGH_RATIO
 
 
 def _paced(run: Run) -> bool:

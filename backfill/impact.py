@@ -38,6 +38,9 @@ SETTLE_SECONDS = 0.25
 flight are finishing."""
 INCREASE = 0.05
 DECREASE = 2 / 3
+"""The decrease for sessions waiting on the run's locks, and the gentlest for any harm: a
+harm of twice the budget halves the pace, one just over it takes off a sixth (the decrease
+follows budget / harm, between a half and five sixths)."""
 FIRST_PACE = 0.5
 MIN_PACE = 0.02
 IDLE_RATE = 1.0
@@ -99,6 +102,11 @@ class State:
     window: Window = Window()
     base_rate: float | None = None
     base_busy: float | None = None
+    lost: float | None = None
+    """Throughput lost against alone, averaged over the recent windows (one window's reading
+    is noisy: the application's own rate moves by several percent from one second to the next)."""
+    slower: float | None = None
+    """Time per transaction added against alone, averaged likewise."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,34 +154,45 @@ def step(state: State | None, reading: Reading, pace: float | None, budget: floa
     worked = state.worked + seconds
     if window.seconds < WINDOW:
         return Decision(dataclasses.replace(state, window=window, worked=worked), pace, "", rest=False)
-    pace, note = _judge(window, state.base_rate or 0.0, state.base_busy or 0.0, pace, budget)
+    pace, note, state = _judge(window, state, pace, budget)
     if worked >= REST_EVERY:
         resting = dataclasses.replace(state, phase="rest", since=reading.at, window=Window(), worked=0.0)
         return Decision(resting, pace, note, rest=True)
     return Decision(dataclasses.replace(state, window=Window(), worked=worked), pace, note, rest=False)
 
 
-def _judge(window: Window, base_rate: float, base_busy: float, pace: float, budget: float) -> tuple[float, str]:
+def _judge(window: Window, state: State, pace: float, budget: float) -> tuple[float, str, State]:
+    base_rate, base_busy = state.base_rate or 0.0, state.base_busy or 0.0
     if base_rate < IDLE_RATE and window.rate < IDLE_RATE and window.mean_busy < 0.5:
-        return 1.0, "the application is idle: full speed"
-    lost = 1 - window.rate / base_rate if base_rate >= IDLE_RATE else 0.0
+        return 1.0, "the application is idle: full speed", state
+    lost_now = 1 - window.rate / base_rate if base_rate >= IDLE_RATE else 0.0
     alone = base_busy / base_rate if base_rate >= IDLE_RATE else 0.0
     now = window.mean_busy / window.rate if window.rate > 0 else float("inf")
-    slower = now / alone - 1 if alone > 0 else 0.0
+    slower_now = min(now / alone - 1, 10.0) if alone > 0 else 0.0
+    lost, slower = _ema(state.lost, lost_now), _ema(state.slower, slower_now)
+    state = dataclasses.replace(state, lost=lost, slower=slower)
     if window.blocked:
-        reason = f"{window.blocked} session(s) waited on the run's locks"
+        reason, factor = f"{window.blocked} session(s) waited on the run's locks", DECREASE
     elif lost > budget:
-        reason = f"the application commits {lost:.0%} less than alone"
+        reason, factor = f"the application commits {lost:.0%} less than alone", _factor(budget, lost)
     elif slower > budget:
-        reason = f"the application's transactions take {slower:.0%} longer than alone"
+        reason, factor = f"the application's transactions take {slower:.0%} longer than alone", _factor(budget, slower)
     else:
         faster = min(1.0, pace + INCREASE)
-        return faster, (
-            f"within budget (commits {-lost:+.0%}, transaction time {slower:+.0%} against alone): "
-            f"pace {pace:.0%} -> {faster:.0%}"
+        return (
+            faster,
+            (
+                f"within budget (commits {-lost:+.0%}, transaction time {slower:+.0%} against alone): "
+                f"pace {pace:.0%} -> {faster:.0%}"
+            ),
+            state,
         )
-    slowed = max(MIN_PACE, pace * DECREASE)
-    return slowed, f"backing off: {reason}: pace {pace:.0%} -> {slowed:.0%}"
+    slowed = max(MIN_PACE, pace * factor)
+    return slowed, f"backing off: {reason}: pace {pace:.0%} -> {slowed:.0%}", state
+
+
+def _factor(budget: float, harm: float) -> float:
+    return min(5 / 6, max(0.5, budget / harm))
 
 
 def _ema(old: float | None, new: float) -> float:

@@ -50,8 +50,12 @@ def test_it_measures_the_application_alone_first() -> None:
 def test_it_backs_off_when_the_application_commits_less() -> None:
     state, t, commits = rest_then_work()
     decision, _, _ = work(state, t, commits, 0.5, rate=700.0)
-    assert decision.pace == 0.5 * impact.DECREASE
+    assert decision.pace == 0.5 * 0.5  # three times the budget: the pace is halved
     assert decision.note.startswith("backing off: the application commits 30% less than alone")
+    state, t, commits = rest_then_work()
+    decision, _, _ = work(state, t, commits, 0.5, rate=880.0)
+    assert abs(decision.pace - 0.5 * 0.1 / 0.12) < 1e-9  # just over it: a little
+    assert decision.note.startswith("backing off: the application commits 12% less than alone")
 
 
 def test_it_backs_off_when_transactions_take_longer() -> None:
