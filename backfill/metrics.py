@@ -37,6 +37,11 @@ class StoreCollector(Collector):
         held = GaugeMetricFamily(
             "backfill_run_held", "1 while the run is held (an unhealthy database, a check of yours).", labels=labels
         )
+        pace = GaugeMetricFamily(
+            "backfill_run_pace",
+            "Share of time the run's workers may spend in batches (1: all; below: its impact budget slows it).",
+            labels=labels,
+        )
         durations = HistogramMetricFamily(
             "backfill_batch_duration_seconds", "Time of the work of succeeded batches.", labels=labels
         )
@@ -59,9 +64,10 @@ class StoreCollector(Collector):
             for run_status in RunStatus:
                 status.add_metric([*values, run_status.value], 1.0 if run.status is run_status else 0.0)
             held.add_metric(values, 1.0 if run.status is RunStatus.RUNNING and run.held_reason else 0.0)
+            pace.add_metric(values, run.pace if run.tuning.impact_budget and run.pace is not None else 1.0)
             buckets, seconds = self._durations(run.id)
             durations.add_metric(values, buckets=buckets, sum_value=seconds)
-        yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, held, durations)
+        yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, held, pace, durations)
 
     def _durations(self, run_id: int) -> tuple[list[tuple[str, float]], float]:
         counts, count, seconds = self.store.duration_counts(run_id, BUCKETS_SECONDS)

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +51,9 @@ class PrometheusCheck:
 
     def value(self) -> float:
         """The query's value now; raises OSError or ValueError when there is none to read."""
+        import urllib.parse  # here: every command imports the package, few ask Prometheus
+        import urllib.request
+
         address = f"{self.url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': self.query})}"
         with urllib.request.urlopen(address, timeout=self.timeout) as response:
             body: dict[str, Any] = json.loads(response.read())

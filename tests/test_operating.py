@@ -222,5 +222,6 @@ def test_metrics_endpoint(db: Database) -> None:
     assert f'backfill_batches{{{labels},status="succeeded"}} 5.0' in body
     assert f"backfill_batch_size{{{labels}}} 50.0" in body
     assert f'backfill_run_status{{{labels},status="finished"}} 1.0' in body
+    assert f"backfill_run_pace{{{labels}}} 1.0" in body  # no impact budget: all of its time
     assert 'backfill_batch_duration_seconds_bucket{backfill="counter_int",le="+Inf",run="1"} 5.0' in body
     assert f"backfill_batch_duration_seconds_count{{{labels}}} 5.0" in body

@@ -45,9 +45,10 @@ def create_checkpoint_tables(bind: Engine | Connection) -> None:
 
 
 def check_checkpoint_tables(bind: Engine | Connection) -> None:
-    """The checkpoint tables exist, are ours and are up to date, or the error that says what to do."""
-    _refuse_foreign_tables(bind)
+    """The checkpoint tables exist, are ours and are up to date, or the error that says what to do.
+    (One inspector for all three looks: it keeps what it read, and every command starts here.)"""
     inspector = inspect(bind)
+    _refuse_foreign_tables(inspector)
     if not all(inspector.has_table(t.name, t.schema) for t in tables.metadata.sorted_tables):
         raise StoreMissingError(
             "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
@@ -98,10 +99,11 @@ def _add_missing_columns(connection: Connection) -> None:
             operations.add_column(table.name, column.copy(), schema=table.schema)
 
 
-def _refuse_foreign_tables(bind: Engine | Connection) -> None:
+def _refuse_foreign_tables(bind: Engine | Connection | Any) -> None:
     """A table of one of our names that lacks our columns belongs to someone else: writing
-    checkpoints beside its rows, or reporting it "ready", would be wrong either way."""
-    inspector = inspect(bind)
+    checkpoints beside its rows, or reporting it "ready", would be wrong either way. (``bind``
+    may be an inspector already at hand.)"""
+    inspector = bind if not isinstance(bind, Engine | Connection) else inspect(bind)
     for table in tables.metadata.sorted_tables:
         if not inspector.has_table(table.name, table.schema):
             continue
