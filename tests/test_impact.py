@@ -4,8 +4,10 @@ on the run, in ``status`` and its JSON — and still processes every row exactly
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import create_engine, select, text, update
 
 from backfill import Backfill, RunStatus, Tuning, impact
 from backfill.store import Run
@@ -67,6 +69,10 @@ def application(db: Database, rows: int, writers: int = 3) -> Iterator[list[int]
         engine.dispose()
 
 
+def _gaps(times: list[Any]) -> list[float]:
+    return [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+
+
 def run_in_background(db: Database, definition: Backfill) -> tuple[threading.Thread, list[Run]]:
     result: list[Run] = []
     thread = threading.Thread(target=lambda: result.append(db.app(definition).run(definition.name)))
@@ -101,12 +107,19 @@ def test_the_run_backs_off_when_the_application_waits_on_its_locks(db: Database)
         assert shown["impact"]["decision"]
         assert "impact budget 10%: pace" in db.cli("status", "lingering", app=None).stdout
         assert writes[0] > 0
+        store = db.app(definition).store
+        with store.connect() as connection:
+            tuned_at = connection.execute(select(store.now())).scalar_one()
         tuned = db.app(definition).tune("lingering", impact_budget=0)  # off: full speed at once
         assert tuned.tuning.impact_budget == 0
-        turned_off = time.monotonic()
     thread.join(180)
-    # At most 3,000 rows in 100-row batches of 0.1 s: the rest goes at full speed, unpaced.
-    assert time.monotonic() - turned_off < 8
+    # Paced, a batch of 0.1 s is followed by a rest at least as long; unpaced, by none: the
+    # batches after the tune finish at least a third closer together than those before it.
+    finished = sorted(b.finished_at for b in store.batches_of(backed.id) if b.finished_at)
+    before = _gaps([t for t in finished if t < tuned_at])[-12:]
+    after = _gaps([t for t in finished if t >= tuned_at])
+    assert len(after) >= 3, f"only {len(after)} batches after the tune"
+    assert statistics.median(after) < statistics.median(before) * 2 / 3, (before, after)
     assert result and result[0].status is RunStatus.FINISHED, result
     assert counter_histogram(db, items) == {1: 3000}
     with db.engine.connect() as connection:

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from backfill import App, Registry, RunStatus
+from backfill import App, Registry, RunStatus, Tuning
 from backfill.errors import RunStateError
 from backfill.events import Event
 from backfill.executor import Outcome
 from backfill.planner import Planner
-from backfill.store import Claim, Store
+from backfill.store import Carry, Claim, Store
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
@@ -218,3 +218,40 @@ def test_a_migration_that_rolls_back_logs_nothing_of_what_it_did(
             getattr(transaction, outcome)()
         assert log_lines(caplog) == ([] if outcome == "rollback" else ["run new -> pending"])
     assert Store(db.engine).latest_run("counter_int") is not None
+
+
+TUNED_MID_RUN = {
+    "batch_size": 700, "parallelism": 3, "max_attempts": 7, "statement_timeout": 12.5, "lock_timeout": 1.5,
+    "max_failed_ratio": 0.3, "min_batches_for_ratio": 12, "target_batch_seconds": 0.2, "min_batch_size": 50,
+    "max_batch_size": 9000, "max_rows_per_second": 5000.0, "pause_seconds": 0.25, "nice_ratio": 0.5,
+    "max_replica_lag": 12.0, "max_transaction_age": 300.0, "max_connections_used": 0.8, "max_load": 6.0,
+    "critical_load": 20.0, "hold_during_vacuum": False, "impact_budget": 0.2,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("carry", [False, True])
+def test_every_setting_tuned_mid_chain_reaches_the_chain_at_its_next_commit(db: Database, carry: bool) -> None:
+    """A chain goes on by the run its batch's commit hands back (its rests, its monitor's limits,
+    the impact budget's pace all read it): an operator's tune of any setting, made while a batch
+    is in flight, is in that run."""
+    assert set(TUNED_MID_RUN) == set(Tuning.__dataclass_fields__)  # a new setting is added here
+    counters.fill(db.engine, items, list(range(1, 31)))
+    app = db.app()
+    run = app.start("counter_int", batch_size=10)
+    Planner(app.store, app.targets).tick(run)
+    claim = app.store.claim(run, None, "worker-1", 60.0)
+    assert isinstance(claim, Claim), claim
+    tuned = app.tune("counter_int", **TUNED_MID_RUN)
+    assert tuned.tuning == Tuning().replace(TUNED_MID_RUN)
+    with db.engine.connect() as connection, connection.begin():
+        completed = app.store.complete(
+            connection,
+            claim,
+            rows_affected=10,
+            duration_ms=1.0,
+            carry=Carry("worker-1", 60.0) if carry else None,
+            run=run,
+        )
+    assert completed.refusal is None and completed.run is not None
+    assert completed.run.tuning == tuned.tuning

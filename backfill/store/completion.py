@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, select, update
 
+from backfill.definition import Tuning
 from backfill.events import Event
 from backfill.keyset import Span
 from backfill.status import BatchStatus, Phase, RunStatus
@@ -265,13 +266,10 @@ def _carries(run: Run) -> bool:
     return run.status is RunStatus.RUNNING and run.held_reason is None and not run.tuning.max_rows_per_second
 
 
-_TUNED = {"batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
-          "max_rows_per_second", "pause_seconds", "nice_ratio"}  # fmt: skip
-
-
 def _refreshed(run: Run, state: dict[str, Any]) -> Run:
     """``run`` as the completing statement left it (``state``: its returned columns)."""
-    tuning = {name: state.pop(name) for name in _TUNED}
+    # A setting added after the run was recorded is NULL on its row: the default applies.
+    tuning = {name: value for name in Tuning.__dataclass_fields__ if (value := state.pop(name)) is not None}
     if any(getattr(run.tuning, name) != value for name, value in tuning.items()):
         run = dataclasses.replace(run, tuning=dataclasses.replace(run.tuning, **tuning))
     return dataclasses.replace(

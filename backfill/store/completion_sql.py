@@ -26,6 +26,7 @@ from sqlalchemy import (
 
 from backfill import tables
 from backfill.clock import plus_seconds
+from backfill.definition import Tuning
 from backfill.status import BatchStatus
 from backfill.store.base import StoreBase, batches, claimable, one_of, runs
 from backfill.store.leases import CLAIM, SUCCEED
@@ -35,13 +36,12 @@ WORKING_VALUES = [s.value for s in WORKING]
 """The run statuses in which a batch's end still counts."""
 
 RUN_STATE = (
-    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "throttled_until",
-    "batches_done", "batch_size", "parallelism", "max_attempts", "statement_timeout", "lock_timeout",
-    "max_rows_per_second", "pause_seconds", "nice_ratio", "pace", "max_replica_lag",
+    "status", "phase", "planned_all", "next_seq", "cursor", "end_key", "held_reason", "throttled_until", "pace",
+    "batches_done", *Tuning.__dataclass_fields__,
 )  # fmt: skip
 """What a chain goes on by, as the completing statement leaves the run: its status, hold and
-throttle, its planning state, its pace, and the settings an operator may have tuned. (Few
-columns: they are read back with every batch.)"""
+throttle, its planning state, its pace, and every setting, since an operator may tune any of
+them while the chain runs (its rests, its monitor's limits and the impact budget read them)."""
 NEXT_BATCH = ("id", "run_id", "seq", "phase", "first_key", "last_key", "rows", "status", "attempts")
 
 
