@@ -127,11 +127,13 @@ class Cluster:
             self.redis.delete(*keys)
         return len(keys)
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
+        """Stop every process: a warm shutdown (batches in flight finish), or at once (a test's
+        end, whose database goes next)."""
         pools = [pid for process in self.processes.values() for pid in children(process.pid)]
         for process in self.processes.values():
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
         for process in self.processes.values():
             try:
                 process.wait(timeout=20)

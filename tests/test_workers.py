@@ -47,7 +47,7 @@ def cluster(db: Database, tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        cluster.stop()
+        cluster.stop(graceful=False)
 
 
 def wait_for_run(db: Database, name: str, *, until: str = "over", timeout: float = 120) -> Run:
