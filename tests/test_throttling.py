@@ -36,7 +36,7 @@ def test_the_batch_size_adapts_to_the_target_duration(db: Database) -> None:
     # 0.5 ms a row and a 0.05 s target: it settles near 100 rows a batch.
     settled = statistics.median(sizes[-10:])
     assert 50 <= settled <= 200, sizes
-    assert 50 <= run.tuning.batch_size <= 200
+    assert 40 <= run.tuning.batch_size <= 250  # the last step, from the last few batches alone
 
 
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)
