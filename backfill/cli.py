@@ -35,7 +35,6 @@ from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV, command_timeout
 from backfill.display import ProgressBar, details_view, estimate_view, status_table
 from backfill.errors import ConfigurationError, DefinitionError, RunFailedError
-from backfill.metrics import serve
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
 from backfill.status import RunStatus
@@ -418,6 +417,8 @@ def throttle_seconds(for_: str | None, until: str | None) -> float | None:
 @click.pass_context
 def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
     """Serve Prometheus metrics for every run at http://ADDR:PORT/metrics (until Ctrl-C)."""
+    from backfill.metrics import serve  # prometheus_client and its HTTP server: this command's alone
+
     app = _app(ctx)
     app.store.check_tables()
     try:
