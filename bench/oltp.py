@@ -300,6 +300,27 @@ def table(summary: dict[str, dict[str, Any]], rounds: int) -> str:
     return "\n".join(lines)
 
 
+def ratio_table(summary: dict[str, dict[str, Any]], rounds: int) -> str:
+    """The same runs in ratios alone (to the round's hand loop, or to the application alone
+    just before): what the README shows, since absolute figures vary with the machine."""
+    lines = [
+        f"| approach | rows/s ÷ loop, median of {rounds} (min-max) | app TPS during ÷ idle "
+        "| app transactions lost per row ÷ loop's | app p99 during ÷ idle | app p99 ÷ loop's "
+        f"| app transactions > {SLOW_MS:.0f} ms beyond the loop's, worst round |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, s in summary.items():
+        versus = s.get("vs_loop")
+        if versus is None:
+            continue
+        lines.append(
+            f"| {APPROACHES[key].label} | {_span(versus['rows_per_s'])} | {s['tps_ratio']:.2f} "
+            f"| {_span(versus['lost'])} | {s['p99_over_idle']:.2f} | {_span(versus['p99'])} "
+            f"| {max(versus['slow_beyond_loop'])} |"
+        )
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -371,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     markdown = table(summary, args.rounds)
     found = targets(summary)
-    print(f"\n### {heading}\n\n{markdown}\n")
+    print(f"\n### {heading}\n\n{markdown}\n\n{ratio_table(summary, args.rounds)}\n")
     for target in found:
         print(f"- {'PASS' if target.passed else 'MISS'} {target.name}: {target.measured}")
     total = time.perf_counter() - began
@@ -388,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "targets": [t.to_json() for t in found],
             "table_markdown": markdown,
+            "ratio_markdown": ratio_table(summary, args.rounds),
             "total_seconds": round(total, 1),
         }
         path.write_text(json.dumps(document, indent=2, default=str) + "\n")
