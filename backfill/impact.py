@@ -11,8 +11,9 @@ and which of them wait on the run's locks.
   throughput lost; more busy sessions per commit is latency added (Little's law: sessions busy =
   commits per second x seconds per transaction). Sessions waiting on the run's own locks are
   harm with no doubt about its cause.
-- Within the budget the pace goes up by ``INCREASE``; over it, down by a third (additive
-  increase, multiplicative decrease). The pace is the share of time the run's workers spend in
+- Well within the budget (below ``HOLD_FROM`` of it) the pace goes up by ``INCREASE``; over it,
+  down in proportion (additive increase, multiplicative decrease); in between it holds, so the
+  harm settles below the budget rather than swinging about it. The pace is the share of time the run's workers spend in
   batches: after a batch of d seconds a worker rests d x (1 - pace) / pace.
 
 Each decision is kept on the run in words ("backing off: 3 sessions waited on the run's locks"),
@@ -41,6 +42,9 @@ DECREASE = 2 / 3
 """The decrease for sessions waiting on the run's locks, and the gentlest for any harm: a
 harm of twice the budget halves the pace, one just over it takes off a sixth (the decrease
 follows budget / harm, between a half and five sixths)."""
+HOLD_FROM = 2 / 3
+"""Harm between this share of the budget and the budget holds the pace: a controller that sped
+up until the budget was crossed would spend half its time over it."""
 FIRST_PACE = 0.5
 MIN_PACE = 0.02
 IDLE_RATE = 1.0
@@ -177,6 +181,12 @@ def _judge(window: Window, state: State, pace: float, budget: float) -> tuple[fl
         reason, factor = f"the application commits {lost:.0%} less than alone", _factor(budget, lost)
     elif slower > budget:
         reason, factor = f"the application's transactions take {slower:.0%} longer than alone", _factor(budget, slower)
+    elif max(lost, slower) > budget * HOLD_FROM:
+        return (
+            pace,
+            f"near the budget (commits {-lost:+.0%}, transaction time {slower:+.0%} against alone): pace holds at {pace:.0%}",
+            state,
+        )
     else:
         faster = min(1.0, pace + INCREASE)
         return (

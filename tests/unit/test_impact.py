@@ -83,6 +83,13 @@ def test_within_budget_it_speeds_up_to_full() -> None:
     assert any(n.startswith("within budget (commits -3%") and n.endswith("pace 50% -> 55%") for n in notes), notes
 
 
+def test_near_the_budget_it_holds_its_pace() -> None:
+    state, t, commits = rest_then_work()
+    decision, _, _ = work(state, t, commits, 0.4, rate=920.0)  # 8% lost: over 2/3 of a 10% budget
+    assert decision.pace == 0.4
+    assert decision.note.startswith("near the budget (commits -8%") and decision.note.endswith("pace holds at 40%")
+
+
 def test_its_own_commits_are_not_the_applications() -> None:
     state, t, commits = rest_then_work(rate=0.5, busy=0.0)
     ours = 0
