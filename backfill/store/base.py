@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, column, event, exists, extract, or_, select, table, update
+from sqlalchemy import ColumnElement, Connection, Engine, event, exists, extract, func, or_, select, update
 from sqlalchemy.sql.dml import Update
 
 from backfill import events, tables
@@ -216,7 +216,9 @@ class StoreBase:
         return BatchRecord.from_row(conn.execute(select(batches).where(batches.c.id == batch_id)).one())
 
 
-_REPLICATION = table("pg_stat_replication", column("replay_lag"))
+_REPLICATION = func.pg_stat_get_wal_senders().table_valued("replay_lag").alias("senders")
+"""The function under ``pg_stat_replication``, alone: the view also joins every session's
+activity, which cost a claim half a millisecond to plan and run."""
 
 
 def claimable(run: Any, now: Any, dialect: str) -> list[ColumnElement[bool]]:
