@@ -23,6 +23,18 @@ EMA_ALPHA = 0.3
 moves it by less than a third, and over a full window the newest batch weighs most."""
 SETTLED = 0.1
 """A change of at most this share of the size is not made: one slow batch does not whipsaw it."""
+PACED_AT_LEAST = 0.25
+"""A run the impact budget slows to a pace aims its batches at the target duration times that
+pace, but never under this share of it: a batch is the longest an application transaction can
+wait on the run's locks, and a run kept to a fraction of its time does better with the same work
+in shorter bursts, down to where each batch's fixed cost would dominate."""
+
+
+def target_seconds(tuning: Tuning, pace: float | None = None) -> float:
+    """The batch duration the size aims at: the run's target, shortened while it is paced."""
+    if pace is None or not tuning.impact_budget or pace >= 1:
+        return tuning.target_batch_seconds
+    return tuning.target_batch_seconds * max(PACED_AT_LEAST, pace)
 
 
 def ms_per_row(recent: Iterable[tuple[int, float]]) -> float | None:
@@ -37,18 +49,18 @@ def ms_per_row(recent: Iterable[tuple[int, float]]) -> float | None:
     return average
 
 
-def next_batch_size(size: int, ms_per_row: float, tuning: Tuning) -> int:
+def next_batch_size(size: int, ms_per_row: float, tuning: Tuning, pace: float | None = None) -> int:
     """The batch size after ``size`` for batches taking ``ms_per_row`` milliseconds a row.
 
     It moves towards the size that would take ``tuning.target_batch_seconds``, by at most x4 up
     and half down, never past that size, and always ends within [min_batch_size,
     max_batch_size] (the bounds win over the step limits for a size an operator set outside
     them). A move of at most a tenth of the size is not made. Without a target the size is
-    kept.
+    kept. ``pace``: the impact budget's, which shortens the target (``target_seconds``).
     """
     if not tuning.target_batch_seconds:
         return size
-    ideal = tuning.target_batch_seconds * 1000 / max(ms_per_row, 1e-6)
+    ideal = target_seconds(tuning, pace) * 1000 / max(ms_per_row, 1e-6)
     stepped = round(min(max(ideal, math.ceil(size / SHRINK_AT_MOST)), size * GROW_AT_MOST))
     proposed = min(max(stepped, tuning.min_batch_size), tuning.max_batch_size)
     in_bounds = tuning.min_batch_size <= size <= tuning.max_batch_size

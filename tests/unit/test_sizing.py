@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.definition import Tuning
-from backfill.sizing import ms_per_row, next_batch_size
+from backfill.sizing import ms_per_row, next_batch_size, target_seconds
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,20 @@ class Case:
     size: int
     ms_per_row: float
     tuning: Tuning
+    pace: float | None = None
+    """The impact budget's pace, when the run has a budget."""
+
+    @property
+    def target_ms(self) -> float:
+        return target_seconds(self.tuning, self.pace) * 1000
 
     @property
     def ideal(self) -> float:
         """The size that would take exactly the target duration."""
-        return self.tuning.target_batch_seconds * 1000 / self.ms_per_row
+        return self.target_ms / self.ms_per_row
+
+    def next(self) -> int:
+        return next_batch_size(self.size, self.ms_per_row, self.tuning, self.pace)
 
     def duration_ms(self, size: int) -> float:
         return size * self.ms_per_row
@@ -38,39 +47,41 @@ def cases(draw: st.DrawFn) -> Case:
         min_batch_size=low,
         max_batch_size=high,
         target_batch_seconds=draw(st.floats(0.001, 60, allow_nan=False), label="target_batch_seconds"),
+        impact_budget=draw(st.sampled_from([0.0, 0.1]), label="impact_budget"),
     )
     size = draw(st.integers(low, high), label="size")
     per_row = draw(st.floats(1e-4, 1e4, allow_nan=False, allow_infinity=False), label="ms_per_row")
-    return Case(size, per_row, tuning)
+    pace = draw(st.none() | st.floats(0.02, 1.0), label="pace")
+    return Case(size, per_row, tuning, pace)
 
 
 @given(cases())
 def test_the_size_stays_within_the_bounds(case: Case) -> None:
-    new = next_batch_size(case.size, case.ms_per_row, case.tuning)
+    new = case.next()
     assert case.tuning.min_batch_size <= new <= case.tuning.max_batch_size
 
 
 @given(cases())
 def test_one_step_grows_at_most_four_times_and_shrinks_at_most_by_half(case: Case) -> None:
-    new = next_batch_size(case.size, case.ms_per_row, case.tuning)
+    new = case.next()
     assert new <= case.size * 4
     assert new * 2 >= case.size
 
 
 @given(cases())
 def test_the_size_moves_towards_the_target_duration_and_never_past_it(case: Case) -> None:
-    new = next_batch_size(case.size, case.ms_per_row, case.tuning)
+    new = case.next()
     if case.ideal > case.size:
         assert case.size <= new <= max(case.size, round(case.ideal))
     elif case.ideal < case.size:
         assert min(case.size, round(case.ideal)) <= new <= case.size
-    target_ms = case.tuning.target_batch_seconds * 1000
+    target_ms = case.target_ms
     assert abs(case.duration_ms(new) - target_ms) <= abs(case.duration_ms(case.size) - target_ms) + case.ms_per_row
 
 
 @given(cases())
 def test_a_change_of_a_tenth_or_less_is_not_made(case: Case) -> None:
-    new = next_batch_size(case.size, case.ms_per_row, case.tuning)
+    new = case.next()
     assert new == case.size or abs(new - case.size) > case.size / 10
 
 
@@ -106,3 +117,13 @@ def test_each_newer_batch_moves_the_time_per_row_by_three_tenths_of_its_distance
     slow_then = ms_per_row([(100, 150.0)] + [(100, 50.0)] * 7)
     assert slow_now is not None and slow_then is not None
     assert 0.5 < slow_then < slow_now < 1.5
+
+
+def test_a_paced_run_aims_at_shorter_batches_down_to_a_quarter_of_the_target() -> None:
+    tuning = Tuning(target_batch_seconds=0.05, min_batch_size=10, impact_budget=0.1)
+    assert next_batch_size(100, 0.5, tuning, pace=1.0) == 100  # full speed: the target itself
+    assert next_batch_size(100, 0.5, tuning, pace=0.5) == 50  # half the time in batches: 25 ms
+    assert next_batch_size(100, 0.5, tuning, pace=0.1) == 50  # shorter than a quarter: no (halving at most)
+    assert next_batch_size(50, 0.5, tuning, pace=0.1) == 25  # then a quarter: 12.5 ms
+    assert next_batch_size(25, 0.5, tuning, pace=0.1) == 25
+    assert next_batch_size(100, 0.5, Tuning(target_batch_seconds=0.05, min_batch_size=10), pace=0.1) == 100  # no budget
