@@ -298,21 +298,17 @@ def _claims_after_rest(run: Run) -> bool:
     """A run that rests long between batches (a fixed ``pause_seconds``, a large nice ratio, a
     slow pace) claims its next batch after the rest, in the same chain, rather than hold it
     (and its lease) all the while; a short rest rides on the commit's claim."""
-    ratio = run.tuning.nice_ratio + (((1 - run.pace) / run.pace) if _paced(run) and run.pace else 0.0)
-    return bool(run.tuning.pause_seconds) or ratio > CARRY_THROUGH_RATIO
+    return bool(run.tuning.pause_seconds) or _rest_ratio(run) > CARRY_THROUGH_RATIO
 
 
-def _paced(run: Run) -> bool:
-    """The impact budget's controller has slowed the run (and still steers it: a budget tuned
-    to 0 lets it go full speed at once)."""
-    return bool(run.tuning.impact_budget and run.pace is not None and 0 < run.pace < 1)
+def _rest_ratio(run: Run) -> float:
+    """Rest per second of batch: the nice ratio's, and the pace's (a pace of 0.25 rests three
+    times the batch)."""
+    pace = run.pace_in_force
+    return run.tuning.nice_ratio + (1 - pace) / pace
 
 
 def _rest_after(run: Run, seconds: float) -> float:
-    """A worker's rest after a batch of ``seconds``: the fixed pause, the nice ratio's share,
-    and what the impact budget's pace asks for (a pace of 0.25 rests three times the batch)."""
-    rest = run.tuning.pause_seconds + run.tuning.nice_ratio * seconds
-    if _paced(run):
-        assert run.pace is not None
-        rest += seconds * (1 - run.pace) / run.pace
-    return rest
+    """A worker's rest after a batch of ``seconds``: the fixed pause, then the nice ratio's and
+    the impact budget's share."""
+    return run.tuning.pause_seconds + _rest_ratio(run) * seconds

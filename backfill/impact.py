@@ -13,8 +13,9 @@ and which of them wait on the run's locks.
   harm with no doubt about its cause.
 - Well within the budget (below ``HOLD_FROM`` of it) the pace goes up by ``INCREASE``; over it,
   down in proportion (additive increase, multiplicative decrease); in between it holds, so the
-  harm settles below the budget rather than swinging about it. The pace is the share of time the run's workers spend in
-  batches: after a batch of d seconds a worker rests d x (1 - pace) / pace.
+  harm settles below the budget rather than swinging about it. The pace is the share of time
+  the run's workers spend in batches: after a batch of d seconds a worker rests
+  d x (1 - pace) / pace.
 
 Each decision is kept on the run in words ("backing off: 3 sessions waited on the run's locks"),
 for ``status``, ``--json`` and the dashboard. The controller's memory lives on the run row too, so
@@ -39,9 +40,10 @@ SETTLE_SECONDS = 0.25
 flight are finishing."""
 INCREASE = 0.05
 DECREASE = 2 / 3
-"""The decrease for sessions waiting on the run's locks, and the gentlest for any harm: a
-harm of twice the budget halves the pace, one just over it takes off a sixth (the decrease
-follows budget / harm, between a half and five sixths)."""
+"""The decrease for sessions waiting on the run's locks."""
+DECREASE_BOUNDS = (0.5, 5 / 6)
+"""Any other harm multiplies the pace by budget / harm, within these: twice the budget halves
+it, just over the budget takes off a sixth."""
 HOLD_FROM = 2 / 3
 """Harm between this share of the budget and the budget holds the pace: a controller that sped
 up until the budget was crossed would spend half its time over it."""
@@ -181,28 +183,19 @@ def _judge(window: Window, state: State, pace: float, budget: float) -> tuple[fl
         reason, factor = f"the application commits {lost:.0%} less than alone", _factor(budget, lost)
     elif slower > budget:
         reason, factor = f"the application's transactions take {slower:.0%} longer than alone", _factor(budget, slower)
-    elif max(lost, slower) > budget * HOLD_FROM:
-        return (
-            pace,
-            f"near the budget (commits {-lost:+.0%}, transaction time {slower:+.0%} against alone): pace holds at {pace:.0%}",
-            state,
-        )
     else:
+        measured = f"commits {-lost:+.0%}, transaction time {slower:+.0%} against alone"
+        if max(lost, slower) > budget * HOLD_FROM:
+            return pace, f"near the budget ({measured}): pace holds at {pace:.0%}", state
         faster = min(1.0, pace + INCREASE)
-        return (
-            faster,
-            (
-                f"within budget (commits {-lost:+.0%}, transaction time {slower:+.0%} against alone): "
-                f"pace {pace:.0%} -> {faster:.0%}"
-            ),
-            state,
-        )
+        return faster, f"within budget ({measured}): pace {pace:.0%} -> {faster:.0%}", state
     slowed = max(MIN_PACE, pace * factor)
     return slowed, f"backing off: {reason}: pace {pace:.0%} -> {slowed:.0%}", state
 
 
 def _factor(budget: float, harm: float) -> float:
-    return min(5 / 6, max(0.5, budget / harm))
+    most, least = DECREASE_BOUNDS
+    return min(least, max(most, budget / harm))
 
 
 def _ema(old: float | None, new: float) -> float:

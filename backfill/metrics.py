@@ -64,7 +64,7 @@ class StoreCollector(Collector):
             for run_status in RunStatus:
                 status.add_metric([*values, run_status.value], 1.0 if run.status is run_status else 0.0)
             held.add_metric(values, 1.0 if run.status is RunStatus.RUNNING and run.held_reason else 0.0)
-            pace.add_metric(values, run.pace if run.tuning.impact_budget and run.pace is not None else 1.0)
+            pace.add_metric(values, run.pace_in_force)
             buckets, seconds = self._durations(run.id)
             durations.add_metric(values, buckets=buckets, sum_value=seconds)
         yield from (rows, affected, batches, size, parallelism, rate, eta, total, status, held, pace, durations)

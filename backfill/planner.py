@@ -295,7 +295,7 @@ class Planner:
         per_row = sizing.ms_per_row(recent)
         if len(recent) < ADAPT_EVERY or per_row is None:
             return run
-        proposed = sizing.next_batch_size(tuning.batch_size, per_row, tuning, run.pace)
+        proposed = sizing.next_batch_size(tuning.batch_size, per_row, tuning, run.pace_in_force)
         if proposed == tuning.batch_size or not self.store.adapt_batch_size(run, proposed):
             return run
         return dataclasses.replace(run, tuning=dataclasses.replace(tuning, batch_size=proposed))

@@ -86,7 +86,7 @@ class RunProgress:
             return None
         return {
             "budget": run.tuning.impact_budget,
-            "pace": 1.0 if run.pace is None else round(run.pace, 3),
+            "pace": round(run.pace_in_force, 3),
             "decision": run.impact_note,
         }
 

@@ -391,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.idle_seconds:g} s idle before each approach"
     )
     markdown = table(summary, args.rounds)
+    ratios = ratio_table(summary, args.rounds)
     found = targets(summary)
-    print(f"\n### {heading}\n\n{markdown}\n\n{ratio_table(summary, args.rounds)}\n")
+    print(f"\n### {heading}\n\n{markdown}\n\n{ratios}\n")
     for target in found:
         print(f"- {'PASS' if target.passed else 'MISS'} {target.name}: {target.measured}")
     total = time.perf_counter() - began
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "targets": [t.to_json() for t in found],
             "table_markdown": markdown,
-            "ratio_markdown": ratio_table(summary, args.rounds),
+            "ratio_markdown": ratios,
             "total_seconds": round(total, 1),
         }
         path.write_text(json.dumps(document, indent=2, default=str) + "\n")

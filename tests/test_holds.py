@@ -147,6 +147,19 @@ def test_a_throttle_needs_an_active_run(db: Database) -> None:
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_the_throttle_command_says_for_how_long_and_how_to_lift_it(db: Database) -> None:
+    counters.fill(db.engine, items, [1, 2, 3])
+    db.app().start("counter_int")
+    throttled = db.cli("throttle", "counter_int", "--for", "1h", "--reason", "nightly batch job")
+    assert throttled.returncode == 0, throttled.stderr
+    assert "throttled for 3,600s" in throttled.stdout and "`backfill throttle counter_int --off`" in throttled.stdout
+    assert latest(db, "counter_int").throttle_reason == "nightly batch job"
+    lifted = db.cli("throttle", "counter_int", "--off")
+    assert lifted.returncode == 0 and "no longer throttled" in lifted.stdout
+    assert latest(db, "counter_int").throttled_until is None
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 def test_an_operators_pause_forgets_an_earlier_hold(db: Database) -> None:
     counters.fill(db.engine, items, [1, 2, 3])
     app = db.app()

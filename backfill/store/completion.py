@@ -67,22 +67,21 @@ class CompletionMixin(LeasesMixin):
         ).rowcount
         if not done:
             return Completed(Refusal.LOST)
-        # The batch's event is written with the next claim's, in one INSERT: on MySQL and
-        # MariaDB every statement of a batch's commit is a round trip the batch's locks wait on.
-        succeeded = claim.event(BatchStatus.SUCCEEDED)
         run = self._run(conn, claim.batch.run_id)
-        if carry is None or not _carries(run):
-            self._record(conn, succeeded)
-            return Completed(None, run)
-        chosen = conn.execute(self._next_pending(run.id, carry.redispatch_after)).scalar()
-        if chosen is None:
-            self._record(conn, succeeded)
-            return Completed(None, run, None, 0)
-        token = secrets.token_hex(16)
-        following = self._claim_in(conn, run.name, run.id, chosen, token, carry.worker, carry.lease_seconds)
+        following: Claim | None = None
+        left: int | None = None
+        if carry is not None and _carries(run):
+            chosen = conn.execute(self._next_pending(run.id, carry.redispatch_after)).scalar()
+            if chosen is None:
+                left = 0
+            else:
+                token = secrets.token_hex(16)
+                following = self._claim_in(conn, run.name, run.id, chosen, token, carry.worker, carry.lease_seconds)
+        # The batch's event goes with the next claim's, in one INSERT: on MySQL and MariaDB
+        # every statement of a batch's commit is a round trip the batch's locks wait on.
         claimed = [following.event(BatchStatus.RUNNING, BatchStatus.PENDING)] if following is not None else []
-        self._record(conn, succeeded, *claimed)
-        return Completed(None, run, following, None)
+        self._record(conn, claim.event(BatchStatus.SUCCEEDED), *claimed)
+        return Completed(None, run, following, left)
 
     def _done_values(self, rows_affected: Any, duration_ms: Any) -> dict[str, Any]:
         return {

@@ -90,6 +90,14 @@ class Run:
     """What the impact budget's controller last decided, in words."""
     impact_state: dict[str, Any] | None = None
 
+    @property
+    def pace_in_force(self) -> float:
+        """The share of its time the run may spend in batches now: the impact budget's pace while
+        the run has a budget (one tuned to 0 lets it go full speed at once), else all of it."""
+        if self.tuning.impact_budget and self.pace is not None and 0 < self.pace < 1:
+            return self.pace
+        return 1.0
+
     @classmethod
     def from_row(cls, row: Row[Any]) -> Run:
         return cls.from_mapping(row._mapping)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, inspect
+from sqlalchemy import Column, Connection, Engine, Inspector, Table, inspect
 from sqlalchemy.exc import DBAPIError
 
 from backfill import tables
@@ -20,12 +20,12 @@ from backfill.errors import ConfigurationError, StoreMissingError
 
 def create_checkpoint_tables(bind: Engine | Connection) -> None:
     if isinstance(bind, Connection):  # a migration's: its transaction decides
-        _refuse_foreign_tables(bind)
+        _refuse_foreign_tables(inspect(bind))
         tables.metadata.create_all(bind)
         _add_missing_columns(bind)
         return
     with bind.begin() as connection:
-        _refuse_foreign_tables(connection)
+        _refuse_foreign_tables(inspect(connection))
         _add_missing_columns(connection)
         if connection.dialect.name not in ("mysql", "mariadb"):
             tables.metadata.create_all(connection)
@@ -73,7 +73,7 @@ ADDED_LATER = {
 adds them to an existing installation in place. A table lacking any other column is not ours."""
 
 
-def _missing_columns(inspector: Any) -> list[tuple[Table, list[Column[Any]]]]:
+def _missing_columns(inspector: Inspector) -> list[tuple[Table, list[Column[Any]]]]:
     found = []
     for table in tables.metadata.sorted_tables:
         if not inspector.has_table(table.name, table.schema):
@@ -99,17 +99,12 @@ def _add_missing_columns(connection: Connection) -> None:
             operations.add_column(table.name, column.copy(), schema=table.schema)
 
 
-def _refuse_foreign_tables(bind: Engine | Connection | Any) -> None:
+def _refuse_foreign_tables(inspector: Inspector) -> None:
     """A table of one of our names that lacks our columns belongs to someone else: writing
-    checkpoints beside its rows, or reporting it "ready", would be wrong either way. (``bind``
-    may be an inspector already at hand.)"""
-    inspector = bind if not isinstance(bind, Engine | Connection) else inspect(bind)
-    for table in tables.metadata.sorted_tables:
-        if not inspector.has_table(table.name, table.schema):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
+    checkpoints beside its rows, or reporting it "ready", would be wrong either way."""
+    for table, missing in _missing_columns(inspector):
         later = ADDED_LATER.get(table.name, ())
-        lacking = [c.name for c in table.columns if c.name not in present and c.name not in later]
+        lacking = [c.name for c in missing if c.name not in later]
         if lacking:
             raise ConfigurationError(
                 f"a table named '{table.name}' exists but is not one of backfill's checkpoint tables "
