@@ -366,7 +366,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[Target]:
         s = summary.get(key)
         if s is None:
             continue
-        found.append(Target(f"{key}: app TPS during ≥ 0.9 x idle", f"{s['tps_ratio']:.2f}", s["tps_ratio"] >= 0.9))
+        found.append(Target(f"{key}: app TPS during ≥ 0.9 x idle", f"{s['tps_ratio']:.3f}", s["tps_ratio"] >= 0.9))
         found.append(Target(f"{key}: app p99 during ≤ 1.5 x idle", f"{s['p99_over_idle']:.2f}x", s["p99_over_idle"] <= 1.5))  # fmt: skip
     return found
 
