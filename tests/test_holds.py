@@ -94,7 +94,7 @@ def test_an_operators_throttle_stops_every_claim_until_it_is_lifted(db: Database
     assert "throttle lifted" in actions  # by the CLI's user, the throttle by who the library was told
 
 
-@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # the monitor runs the query: the same everywhere
+@pytest.mark.parametrize("db", ["sqlite", "postgresql", "mariadb"], indirect=True)
 def test_a_throttle_query_holds_while_it_returns_a_row(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 601)))
     with db.engine.begin() as connection:
