@@ -80,6 +80,8 @@ class InlineRunner:
                     return retried(lambda: planner.plan_ahead(run, count), clock.sleep)
 
             def watch(run: Run) -> Run:
+                if not planner.watch_due(run):
+                    return run
                 with planning:
                     return retried(lambda: planner.watch(run), clock.sleep)
 

@@ -219,18 +219,21 @@ class Planner:
                 return f"waiting for backfill '{name}' to finish ({state}): `backfill run {name}`"
         return None
 
+    def watch_due(self, run: Run) -> bool:
+        """Whether ``watch`` would look at the run now: a chain asks between batches without
+        taking the lock the planner is shared under, so a tick in progress does not hold it."""
+        last = self._watched.get(run.id, float("-inf"))
+        return run.status is RunStatus.RUNNING and self.clock.monotonic() - last >= health.HEALTH_SECONDS
+
     def watch(self, run: Run) -> Run:
         """The run's monitor, at most every ``HEALTH_SECONDS`` per run in this process (chains
         call it between batches, ticks at every tick): hold the run while a reason says so —
         an operator's throttle, a backfill it runs after, the database's health — release it
         once none does, and pause it past a critical limit. A hold is on the run row, and every
         claim is guarded by it, so it takes effect at the next claim of every worker."""
-        if run.status is not RunStatus.RUNNING:
+        if not self.watch_due(run):
             return run
-        now = self.clock.monotonic()
-        if now - self._watched.get(run.id, float("-inf")) < health.HEALTH_SECONDS:
-            return run
-        self._watched[run.id] = now
+        self._watched[run.id] = self.clock.monotonic()
         definition = self.targets.for_run(run).definition
         found = health.Verdict()
         if run.throttled_until is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,13 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
-    UniqueConstraint,
     and_,
+    inspect,
     literal_column,
     select,
 )
-from sqlalchemy.exc import DBAPIError, NoSuchTableError
+from sqlalchemy.engine import Inspector
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SAWarning
 
 from backfill import keyset, params
 from backfill.definition import Backfill, Batch, Key
@@ -99,14 +101,43 @@ def _python_type(column: Column[Any]) -> type | None:
         return None
 
 
+def reflect(connection: Connection, name: str, schema: str | None) -> tuple[Table, Inspector]:
+    """The table with its columns and primary key: all a batch's SQL needs. (``autoload_with``
+    also reads foreign keys, checks, comments and options, at three times the cost of a run's
+    start on PostgreSQL.) The inspector comes back with it, for what else is asked of the table."""
+    inspector = inspect(connection)
+    found = inspector.get_columns(name, schema)  # NoSuchTableError when there is none
+    primary = set(inspector.get_pk_constraint(name, schema).get("constrained_columns") or ())
+    columns = [Column(c["name"], c["type"], nullable=c["nullable"], primary_key=c["name"] in primary) for c in found]
+    return Table(name, MetaData(), *columns, schema=schema), inspector
+
+
+def unique_sets(inspector: Inspector, table: Table) -> Iterator[set[str]]:
+    """The column sets the database keeps unique: the primary key, then (asked only if needed)
+    unique constraints and unique indexes on plain columns. A partial unique index
+    (``WHERE ...``) keeps only some rows unique, so it does not count."""
+    yield {c.name for c in table.primary_key.columns}
+    for constraint in inspector.get_unique_constraints(table.name, table.schema):
+        yield set(constraint["column_names"])
+    with warnings.catch_warnings():  # "expression-based index skipped": they do not count here anyway
+        warnings.simplefilter("ignore", SAWarning)
+        indexes = inspector.get_indexes(table.name, table.schema)
+    for index in indexes:
+        partial = any(
+            option.endswith("_where") and value is not None
+            for option, value in index.get("dialect_options", {}).items()
+        )
+        names = index["column_names"]
+        if index["unique"] and not partial and None not in names and not index.get("expressions"):
+            yield {n for n in names if n is not None}
+
+
 def resolve(connection: Connection, definition: Backfill) -> Target:
     """Reflect the definition's table and check its key; raises ``TargetError`` naming the fix."""
     where = f"{definition.schema}.{definition.table}" if definition.schema else definition.table
     name = f"backfill '{definition.name}'"
     try:
-        table = Table(
-            definition.table, MetaData(), schema=definition.schema, autoload_with=connection, resolve_fks=False
-        )
+        table, inspector = reflect(connection, definition.table, definition.schema)
     except NoSuchTableError:
         raise TargetError(
             f"{name}: table '{where}' does not exist: create it (run your migrations) or fix the definition's table"
@@ -129,13 +160,7 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
         key_types.append(python_type)
 
     key_set = set(definition.key)
-    # What reflection found already: the primary key, unique indexes, unique constraints.
-    unique_sets = [{c.name for c in table.primary_key.columns}]
-    unique_sets += [
-        {c.name for c in ix.columns} for ix in table.indexes if ix.unique and len(ix.columns) == len(ix.expressions)
-    ]
-    unique_sets += [{c.name for c in uc.columns} for uc in table.constraints if isinstance(uc, UniqueConstraint)]
-    if not any(s and s <= key_set for s in unique_sets):
+    if not any(s and s <= key_set for s in unique_sets(inspector, table)):
         raise TargetError(
             f"{name}: key ({', '.join(definition.key)}) of table '{where}' is not unique: "
             "batches need a key backed by the primary key or a unique index; "
@@ -164,7 +189,7 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
 def halves_by_key(connection: Connection, run: Run, record: BatchRecord) -> list[Span]:
     """A batch's halves without its definition (an operator with the database URL alone): the
     table reflected from the run's own record; every key counts, pending or not."""
-    table = Table(run.table_name, MetaData(), schema=run.schema_name, autoload_with=connection, resolve_fks=False)
+    table, _ = reflect(connection, run.table_name, run.schema_name)
     columns = tuple(table.c[name] for name in run.key_columns)
     types = tuple(_python_type(c) or str for c in columns)
     first, last = decode_key(record.first_key, types), decode_key(record.last_key, types)

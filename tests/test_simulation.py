@@ -22,7 +22,7 @@ from sqlalchemy import and_, true, update
 
 from backfill import keyset
 from backfill.keyset import Span
-from backfill.store import Store, completion, leases, runs
+from backfill.store import Store, base, completion, leases, runs
 from backfill.store.records import tuning_values
 from tests.sim.__main__ import run_seeds
 from tests.sim.scenario import Report, run_schedule
@@ -30,9 +30,9 @@ from tests.sim.scenario import Report, run_schedule
 SCHEDULES = 500
 """In every `make test`; `make soak` runs 100,000."""
 
-BEFORE_HOLDS = {"throttles": False, "nice": 0.0, "impact": 0.0}
-"""Seeds found before throttles, nice ratios and the impact budget joined the schedules: with
-them off, a seed replays the schedule it found."""
+BEFORE_HOLDS = {"throttles": False, "nice": 0.0, "impact": 0.0, "deferred_poison": False}
+"""Seeds found before throttles, nice ratios, the impact budget and COMMITs that fail joined the
+schedules: with them off, a seed replays the schedule it found."""
 
 REGRESSIONS: list[tuple[int, dict[str, Any]]] = [
     # A chain's planner stopped a run on failure counts read before an operator's retry.
@@ -127,6 +127,16 @@ def test_it_finds_a_split_that_loses_keys(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(keyset, "halves", halves_by_count)
     found = _first_violation("splits", {"p_timeout": 0.3, "definition": "pending"}, found_at=116)
     assert found is not None and "lost" in found.violations[0]
+
+
+def test_it_finds_a_failed_commit_that_keeps_sqlites_write_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite keeps a transaction (and the write lock) open after its COMMIT fails: left to
+    SQLAlchemy, which counts it as over, a chain's connection keeps the lock, and every other
+    connection waits on it — the batch's failure cannot even be recorded."""
+    monkeypatch.setattr(base, "_end_failed_commit", lambda connection: None)
+    force = {"deferred_poison": True, "keys": list(range(1, 9)), "poison": {3}}
+    found = _first_violation("escape", force, found_at=0)
+    assert found is not None and "database is locked" in found.violations[0]
 
 
 def test_it_finds_a_rate_cap_that_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:

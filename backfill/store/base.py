@@ -104,6 +104,10 @@ class StoreBase:
         try:
             with connection.begin_nested() if self.borrowed else connection.begin():
                 yield connection
+        except BaseException:
+            if not self.borrowed:
+                _end_failed_commit(connection)
+            raise
         finally:
             stack.remove(queued)
         if self.borrowed:
@@ -150,13 +154,10 @@ class StoreBase:
         return update(runs).where(runs.c.id == run_id, one_of(runs.c.status, move.source_values)).values(values)
 
     @staticmethod
-    def _move_batches(move: Move[BatchStatus], **changes: Any) -> Update:
-        """``UPDATE backfill_batches`` along one edge; the caller adds which batches."""
-        return (
-            update(batches)
-            .where(one_of(batches.c.status, move.source_values))
-            .values(status=move.target.value, **changes)
-        )
+    def _move_batches(move: Move[BatchStatus], on: Any = batches, **changes: Any) -> Update:
+        """``UPDATE backfill_batches`` along one edge; the caller adds which batches. ``on`` may
+        be an alias of the table (PostgreSQL's completing statement uses short ones)."""
+        return update(on).where(one_of(on.c.status, move.source_values)).values(status=move.target.value, **changes)
 
     @staticmethod
     def _lock_run(conn: Connection, run_id: int) -> None:
@@ -242,6 +243,19 @@ def one_of(column: Any, values: Sequence[str]) -> ColumnElement[bool]:
     """``column IN (values)``, written out as equalities: constant, so the hot-path statements
     compile once to plain SQL (an IN list is rendered at execution time)."""
     return or_(*(column == v for v in values))
+
+
+def _end_failed_commit(connection: Connection) -> None:
+    """Roll back what a failed COMMIT left open. SQLite keeps a transaction (and the database's
+    write lock) after a COMMIT fails — a deferred foreign key the work broke, a busy reader —
+    while SQLAlchemy counts it as over: a chain keeps its connection, so the lock would stay
+    with it, and every other connection (the one recording the batch's failure first) would
+    wait for it until it gives up."""
+    if connection.dialect.name != "sqlite" or connection.closed or connection.invalidated:
+        return
+    driver = connection.connection.driver_connection
+    if driver is not None and driver.in_transaction:
+        driver.rollback()
 
 
 class _Borrowed:

@@ -18,7 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Integer, MetaData, Table, create_engine, event, make_url, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import QueuePool
 
@@ -49,7 +61,11 @@ items = Table(
     Column("counter", Integer, nullable=False, server_default="0"),
     Column("done", Integer, nullable=False, server_default="0"),
     Column("filled", Integer),
+    # A poisoned row of a ``deferred_poison`` schedule gets a parent that does not exist: the work
+    # succeeds, its COMMIT fails (SQLite then keeps the transaction and the write lock open).
+    Column("parent", Integer, ForeignKey("parents.id", deferrable=True, initially="DEFERRED")),
 )
+parents = Table("parents", metadata, Column("id", Integer, primary_key=True, autoincrement=False))
 
 
 @dataclass
@@ -80,6 +96,8 @@ class Config:
     throttles: bool = False
     nice: float = 0.0
     impact: float = 0.0
+    deferred_poison: bool = False
+    """Poisoned rows fail the batch's COMMIT (a deferred foreign key) rather than its work."""
 
     @classmethod
     def draw(cls, rng: Any, force: dict[str, Any] | None = None, dialect: str = "sqlite") -> Config:
@@ -115,6 +133,7 @@ class Config:
         config.throttles = extras.random() < 0.3
         config.nice = extras.choice([0.0, 0.0, 0.0, 0.5])
         config.impact = extras.choice([0.0, 0.0, 0.0, 0.1])
+        config.deferred_poison = extras.random() < 0.4
         for name, value in (force or {}).items():
             setattr(config, name, value)
         return config
@@ -171,6 +190,7 @@ def sqlite_database() -> Engine:
         cursor.execute("PRAGMA journal_mode = MEMORY")
         cursor.execute("PRAGMA synchronous = OFF")
         cursor.execute("PRAGMA busy_timeout = 0")  # an actor suspended holding the lock is a bug
+        cursor.execute("PRAGMA foreign_keys = ON")  # as ``backfill.database`` has it
         cursor.close()
 
     metadata.create_all(engine)
@@ -229,10 +249,10 @@ def _empty(engine: Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
             connection.execute(
-                text("TRUNCATE backfill_events, backfill_batches, backfill_runs, items RESTART IDENTITY")
+                text("TRUNCATE backfill_events, backfill_batches, backfill_runs, items, parents RESTART IDENTITY")
             )
             return
-        for table in (tables.events, tables.batches, tables.runs, items):
+        for table in (tables.events, tables.batches, tables.runs, items, parents):
             connection.execute(table.delete())
 
 
@@ -308,14 +328,17 @@ class Schedule:
             with self.sim.working():
                 result = connection.execute(statement, batch.params())
                 self.sim.t += 0.01 * max(1, batch.rows)  # the work takes time, holding its locks
-                self._fault(batch)
+                self._fault(connection, batch)
             return int(result.rowcount)
 
         return Backfill(name=NAME, table="items", key="id", work=work, pending=pending, columns=columns, tuning=tuning)
 
-    def _fault(self, batch: Batch) -> None:
+    def _fault(self, connection: Connection, batch: Batch) -> None:
         sim = self.sim
-        if any(batch.first[0] <= k <= batch.last[0] for k in self.poison):
+        poisoned = [k for k in self.poison if batch.first[0] <= k <= batch.last[0]]
+        if poisoned and self.config.deferred_poison:
+            connection.execute(items.update().where(items.c.id.in_(poisoned)).values(parent=-1))
+        elif poisoned:
             raise ValueError("a poisoned row")
         if not sim.faults:
             return
@@ -623,6 +646,12 @@ class Schedule:
                         break
                     checker.calm_step()
                 checker.at_end()
+        except OperationalError as exc:
+            if "database is locked" not in str(exc):
+                raise
+            # Every actor waits for the lock in its turn (busy timeout 0): a lock still held
+            # when the simulation itself needs it was kept by a connection nobody will release.
+            self.fail_recovery(f"the database stayed locked (a connection kept the write lock): {exc.statement}")
         finally:
             impact.read = reader  # type: ignore[assignment]
             logger.removeHandler(handler)
