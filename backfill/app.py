@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from backfill import params as run_params
 from backfill.clock import SERVER_TIME, DatabaseTime
-from backfill.database import display_url, make_engine
+from backfill.database import display_url, make_engine, options_refused
 from backfill.definition import DAY, Backfill
 from backfill.errors import DatabaseUnavailableError, RunStateError
 from backfill.estimate import Estimate, estimate
@@ -68,10 +68,11 @@ class RunDetails:
 
 def action(event: EventRecord) -> str:
     """An operator's action in words: the change it made, or what it noted (a tune's settings)."""
-    if event.before == event.after and event.error:
-        return event.error
+    why = event.note or event.error
+    if event.before == event.after and why:
+        return why
     change = f"{event.before or 'new'} -> {event.after}"
-    return f"{change} ({event.error})" if event.error else change
+    return f"{change} ({why})" if why else change
 
 
 class App:
@@ -111,9 +112,17 @@ class App:
             with engine.connect():
                 pass
         except DBAPIError as exc:
+            # psycopg: a ProgrammingError for an option it cannot parse; libpq's "connection is
+            # bad" for a value it refuses before reaching the server (sslmode=bogus).
+            if isinstance(exc, ProgrammingError) or str(exc.orig).startswith("connection is bad:"):
+                raise options_refused(engine.url, exc.orig or exc) from None
             raise DatabaseUnavailableError(
                 f"cannot connect to {display_url(engine.url)}: {error_text(exc, 300).splitlines()[0]}"
             ) from None
+        except (TypeError, ValueError, LookupError, AttributeError, OSError) as exc:
+            # The driver choked on an option of the URL before it reached the server (a network
+            # fault is a DBAPIError: an OSError here is a file the URL names, ?ssl_ca=...).
+            raise options_refused(engine.url, exc) from None
         return cls(engine, definitions)
 
     # -- schema -------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning
 
 from backfill import environment
 from backfill.errors import ConfigurationError
@@ -87,6 +88,18 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def options_refused(url: URL, exc: Exception) -> ConfigurationError:
+    """The error for options of the URL's query (``?charset=bogus``, ``?connect_timeout=abc``, an
+    option the driver does not know) that the dialect or the driver could not use: their names
+    and the driver's words (an option's value may be a secret; the words are the driver's)."""
+    options = ", ".join(sorted(url.query)) or "none"
+    said = " ".join(str(exc).split())[:200]
+    return ConfigurationError(
+        f"cannot connect to {display_url(url)}: the driver cannot use the URL's options ({options}): "
+        f"{type(exc).__name__}: {said}: fix or remove them"
+    )
+
+
 def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwargs: Any) -> Engine:
     """An engine for ``raw``; ``time_limit`` (seconds) bounds each statement and lock wait of
     every session it opens — for short commands, never for batches or migrations."""
@@ -110,7 +123,16 @@ def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwarg
     # No pre-ping: it would add a round trip to every checkout on the per-batch path. A pooled
     # connection that died is a transient error, which the executor and the runner retry.
     try:
-        engine = create_engine(url, **kwargs)
+        with warnings.catch_warnings():
+            # An option of the URL the driver would ignore (SQLite's ?mode= without ?uri=true):
+            # a mistake in the URL, said as one, not a warning to scroll past.
+            warnings.simplefilter("error", SAWarning)
+            engine = create_engine(url, **kwargs)
+    except (TypeError, ValueError) as exc:  # an option's value the dialect cannot convert
+        raise options_refused(url, exc) from None
+    except SAWarning as warning:
+        said = str(warning).split(" (Background", 1)[0]
+        raise ConfigurationError(f"bad database URL {display_url(url)}: {said}") from None
     except NoSuchModuleError:
         raise ConfigurationError(
             f"no SQLAlchemy dialect or driver for '{url.drivername}' in {display_url(url)}: "

@@ -25,7 +25,8 @@ logger = logging.getLogger("backfill.events")
 @dataclass(frozen=True, kw_only=True)
 class Event:
     """One move of a run or a batch (``batch_id`` set), by whom (``worker``: a worker, or an
-    operator such as ``cli:ann@host`` or ``dashboard``), and why (``error``: an error or a note)."""
+    operator such as ``cli:ann@host`` or ``dashboard``), and why: an ``error``, or a ``note`` on
+    what is no error (a tune, a hold, the final pass beginning), which nothing may alert on."""
 
     backfill: str
     run_id: int
@@ -35,6 +36,7 @@ class Event:
     seq: int | None = None
     worker: str | None = None
     error: str | None = None
+    note: str | None = None
 
     @property
     def subject(self) -> str:
@@ -49,6 +51,7 @@ class Event:
             "after": str(self.after),
             "worker": self.worker,
             "error": self.error,
+            "note": self.note,
         }
 
 

@@ -324,6 +324,13 @@ class Planner:
                     count=count,
                     where=target.definition.pending_clause(target.table) if catchup else None,
                 )
+        if any(None in span.first or None in span.last for span in spans):
+            # Refused when the definition is checked; here if the column came to allow NULL since.
+            raise PlanningError(
+                f"table '{run.table_name}' has rows whose key ({', '.join(run.key_columns)}) is NULL: they can be "
+                f"neither ordered nor batched: set their keys and make the column NOT NULL, then "
+                f"`backfill retry {run.name}`"
+            )
         if not spans:
             if not self.store.mark_planned_all(run):
                 return None

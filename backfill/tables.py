@@ -143,5 +143,6 @@ events = Table(
     Column("worker", String(255)),
     Column("error", Text),
     Column("at", Timestamp, nullable=False),
+    Column("note", Text),  # what happened that is no error: a tune, a hold, the final pass beginning
     Index("ix_backfill_events_run", "run_id", "id"),
 )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    func,
     inspect,
     literal_column,
     select,
@@ -132,6 +133,16 @@ def unique_sets(inspector: Inspector, table: Table) -> Iterator[set[str]]:
             yield {n for n in names if n is not None}
 
 
+def _rowid_alias(connection: Connection, table: Table, column: Column[Any]) -> bool:
+    """SQLite's INTEGER PRIMARY KEY: the rowid itself, never NULL, though SQLite reports it as
+    nullable. Any other SQLite primary key column not declared NOT NULL does hold NULL."""
+    if connection.dialect.name != "sqlite" or list(table.primary_key.columns) != [column]:
+        return False
+    info = func.pragma_table_info(table.name, table.schema or "main").table_valued("name", "type")
+    declared = connection.execute(select(info.c.type).where(info.c.name == column.name)).scalar()
+    return str(declared or "").upper() == "INTEGER"
+
+
 def resolve(connection: Connection, definition: Backfill) -> Target:
     """Reflect the definition's table and check its key; raises ``TargetError`` naming the fix."""
     where = f"{definition.schema}.{definition.table}" if definition.schema else definition.table
@@ -166,11 +177,16 @@ def resolve(connection: Connection, definition: Backfill) -> Target:
             "batches need a key backed by the primary key or a unique index; "
             "add a unique index on it or choose the primary key"
         )
-    nullable = [c.name for c in key_columns if c.nullable and not c.primary_key]
+    nullable = [c.name for c in key_columns if c.nullable and not _rowid_alias(connection, table, c)]
     if nullable:
+        sqlite = (
+            " (SQLite lets a primary key hold NULL unless it is INTEGER PRIMARY KEY)"
+            if any(table.c[n].primary_key for n in nullable)
+            else ""
+        )
         raise TargetError(
-            f"{name}: key column(s) {', '.join(nullable)} of table '{where}' allow NULL, and rows "
-            "with a NULL key would never be batched: make them NOT NULL or choose another key"
+            f"{name}: key column(s) {', '.join(nullable)} of table '{where}' allow NULL{sqlite}, and rows "
+            "with a NULL key can be neither ordered nor batched: make them NOT NULL or choose another key"
         )
 
     target = Target(definition, table, key_columns, tuple(key_types))

@@ -98,6 +98,14 @@ def test_bad_settings_are_one_line(db: Database) -> None:
             "cannot connect to postgresql+psycopg://someone:***@127.0.0.1:1/app",
             1,
         ),
+        # Options of the URL's query the driver cannot use: named, before any server is reached.
+        ("mysql://someone:s3cret-pw@127.0.0.1:1/app?charset=bogus", "cannot use the URL's options (charset)", 2),
+        ("mysql://someone:s3cret-pw@127.0.0.1:1/app?connect_timeout=abc", "options (connect_timeout)", 2),
+        ("mysql://someone:s3cret-pw@127.0.0.1:1/app?no_such_option=1", "options (no_such_option)", 2),
+        ("mysql://someone:s3cret-pw@127.0.0.1:1/app?ssl_ca=/no/such/ca.pem", "options (ssl_ca)", 2),
+        ("postgresql://someone:s3cret-pw@127.0.0.1:1/app?sslmode=bogus", "options (sslmode)", 2),
+        ("postgresql://someone:s3cret-pw@127.0.0.1:1/app?connect_timeout=abc", "options (connect_timeout)", 2),
+        ("sqlite:///app.db?mode=ro", "'mode' are not accepted by the pysqlite driver", 2),
     ]:
         result = subprocess.run(
             [sys.executable, "-m", "backfill", "--database-url", url, "status"],

@@ -34,6 +34,7 @@ def test_no_row_data_in_errors_unless_asked(db: Database, monkeypatch: pytest.Mo
     with db.engine.connect() as connection:
         stored = [*connection.execute(select(tables.batches.c.error)).scalars()]
         stored += [*connection.execute(select(tables.events.c.error)).scalars()]
+        stored += [*connection.execute(select(tables.events.c.note)).scalars()]
     errors = [e for e in stored if e]
     assert errors and any("contacts" in e or "email" in e for e in errors), errors
     assert "@example.com" not in shown + "".join(errors), shown

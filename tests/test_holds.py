@@ -53,7 +53,7 @@ def claimed_after(db: Database, run_id: int, moment: datetime) -> int:
 def event_time(db: Database, run_id: int, note: str) -> datetime:
     with db.engine.connect() as connection:
         at = connection.execute(
-            text("SELECT max(at) FROM backfill_events WHERE run_id = :run AND error LIKE :note"),
+            text("SELECT max(at) FROM backfill_events WHERE run_id = :run AND note LIKE :note"),
             {"run": run_id, "note": f"{note}%"},
         ).scalar()
     assert at is not None, f"no event {note!r}"
@@ -136,7 +136,7 @@ def test_a_mistaken_throttle_is_one_line_and_changes_nothing(db: Database, argv:
     run = latest(db, "counter_int")
     assert run.throttled_until is None and run.throttle_query is None
     with db.engine.connect() as connection:
-        assert not connection.execute(text("SELECT 1 FROM backfill_events WHERE error LIKE 'throttled%'")).first()
+        assert not connection.execute(text("SELECT 1 FROM backfill_events WHERE note LIKE 'throttled%'")).first()
 
 
 @pytest.mark.parametrize("db", ["sqlite"], indirect=True)

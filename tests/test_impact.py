@@ -123,7 +123,7 @@ def test_the_run_backs_off_when_the_application_waits_on_its_locks(db: Database)
     assert result and result[0].status is RunStatus.FINISHED, result
     assert counter_histogram(db, items) == {1: 3000}
     with db.engine.connect() as connection:
-        noted = connection.execute(text("SELECT error FROM backfill_events WHERE error LIKE 'backing off:%'")).all()
+        noted = connection.execute(text("SELECT note FROM backfill_events WHERE note LIKE 'backing off:%'")).all()
     assert noted  # every change of heart is kept in the run's history
 
 

@@ -23,7 +23,7 @@ from tests.test_engine import counter_histogram
 
 def held_notes(db: Database) -> list[str]:
     with db.engine.connect() as connection:
-        return [r[0] for r in connection.execute(text("SELECT error FROM backfill_events WHERE error LIKE 'held:%'"))]
+        return [r[0] for r in connection.execute(text("SELECT note FROM backfill_events WHERE note LIKE 'held:%'"))]
 
 
 def test_the_batch_size_adapts_to_the_target_duration(db: Database) -> None:

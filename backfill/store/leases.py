@@ -195,7 +195,7 @@ class LeasesMixin(StoreBase):
                 ).where(batches.c.id == claim.batch.id, batches.c.lease_token == claim.token)
             ).rowcount
             if released:
-                self._record(conn, claim.event(BatchStatus.PENDING, error=why))
+                self._record(conn, claim.event(BatchStatus.PENDING, note=why))
             return bool(released)
 
     def release_stale(self, run: Run, *, is_abandoned: Callable[[str], bool] | None = None) -> int:

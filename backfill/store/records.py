@@ -174,6 +174,7 @@ class EventRecord:
     worker: str | None
     error: str | None
     at: datetime
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,11 @@ class Claim:
     worker: str
 
     def event(
-        self, after: BatchStatus, before: BatchStatus | None = BatchStatus.RUNNING, error: str | None = None
+        self,
+        after: BatchStatus,
+        before: BatchStatus | None = BatchStatus.RUNNING,
+        error: str | None = None,
+        note: str | None = None,
     ) -> Event:
         return Event(
             backfill=self.backfill,
@@ -197,6 +202,7 @@ class Claim:
             seq=self.batch.seq,
             worker=self.worker,
             error=error,
+            note=note,
         )
 
 

@@ -139,7 +139,8 @@ class RunsMixin(StoreBase):
                     after=move.target,
                     before=before.status,
                     worker=actor,
-                    error=error or note,
+                    error=error,
+                    note=note,
                 ),
             )
             return self._run(conn, run_id)
@@ -261,7 +262,7 @@ class RunsMixin(StoreBase):
                 if begun:
                     note = f"final pass: {current.final_pass.value.replace('_', ' ')}"
                     self._record(
-                        conn, Event(backfill=current.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note)
+                        conn, Event(backfill=current.name, run_id=run.id, after=RUNNING, before=RUNNING, note=note)
                     )
             elif (wrong := verify(conn) if verify is not None and current.phase is Phase.CATCHUP else None) is not None:
                 statement = self._move_run(run.id, STOP, last_error=wrong).where(

@@ -83,6 +83,7 @@ ADDED_LATER = {
         "started_by", "params", "max_load", "critical_load", "hold_during_vacuum", "impact_budget",
         "throttled_until", "throttle_reason", "throttle_query", "pace", "impact_note", "impact_state",
     ),
+    "backfill_events": ("note",),
 }  # fmt: skip
 """Columns newer than the first release of the checkpoint tables: nullable, so that ``init-db``
 adds them to an existing installation in place. A table lacking any other column is not ours."""

@@ -36,7 +36,7 @@ class SettingsMixin(StoreBase):
             ).rowcount
             if changed and reason != run.held_reason:
                 note = f"held: {reason}" if reason else f"released after: {run.held_reason}"
-                self._record(conn, Event(backfill=run.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note))
+                self._record(conn, Event(backfill=run.name, run_id=run.id, after=RUNNING, before=RUNNING, note=note))
             return self._run(conn, run.id)
 
     def tune(self, run: Run, settings: Mapping[str, Any], *, actor: str | None = None) -> Run:
@@ -55,7 +55,7 @@ class SettingsMixin(StoreBase):
             self._record(
                 conn,
                 Event(
-                    backfill=run.name, run_id=run.id, after=tuned.status, before=tuned.status, worker=actor, error=note
+                    backfill=run.name, run_id=run.id, after=tuned.status, before=tuned.status, worker=actor, note=note
                 ),
             )
             return tuned
@@ -107,7 +107,7 @@ class SettingsMixin(StoreBase):
                     after=throttled.status,
                     before=throttled.status,
                     worker=actor,
-                    error=note,
+                    note=note,
                 ),
             )
             return throttled
@@ -138,7 +138,7 @@ class SettingsMixin(StoreBase):
                 conn,
                 *(
                     Event(backfill=run.name, run_id=run.id, after=after.status, before=after.status, worker=actor,
-                          error=note)
+                          note=note)
                     for note in notes
                 ),
             )  # fmt: skip
@@ -174,5 +174,5 @@ class SettingsMixin(StoreBase):
             if not changed:
                 return None
             if note != run.impact_note and note and note.startswith("backing off"):
-                self._record(conn, Event(backfill=run.name, run_id=run.id, after=RUNNING, before=RUNNING, error=note))
+                self._record(conn, Event(backfill=run.name, run_id=run.id, after=RUNNING, before=RUNNING, note=note))
             return self._run(conn, run.id)
