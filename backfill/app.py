@@ -166,13 +166,15 @@ class App:
         threads: int | None = None,
         on_progress: Callable[[Run], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        on_wait: Callable[[str | None], None] | None = None,
         started_by: str | None = None,
         params: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> Run:
         """Run a backfill to its end in this process, continuing its active run if it has one
         (with ``overrides``, that run is tuned first, as ``tune`` would; ``params`` must then be
-        the ones it was started with)."""
+        the ones it was started with). Through a database outage the run waits (``on_wait`` is
+        told why, and None once it is over) for up to ``BACKFILL_OUTAGE_SECONDS``."""
         definition = self.definitions.require(name)
         self.store.check_tables()
         waiting = Planner(self.store, self.targets, clock=self.host.clock).waiting_for(definition)
@@ -200,6 +202,7 @@ class App:
             on_progress=on_progress,
             on_outcome=on_outcome,
             host=self.host,
+            on_wait=on_wait,
         )
         return runner.run(run)
 

@@ -231,7 +231,13 @@ def run(
     with ProgressBar(name, enabled=progress) as bar:
         try:
             final = app.run(
-                name, threads=threads, on_progress=bar.update, started_by=by or _actor(), params=params, **overrides
+                name,
+                threads=threads,
+                on_progress=bar.update,
+                on_wait=bar.waiting,
+                started_by=by or _actor(),
+                params=params,
+                **overrides,
             )
         except KeyboardInterrupt:
             click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)

@@ -29,9 +29,11 @@ class ProgressBar:
             disable=not enabled,
             transient=False,
         )
+        self.name = name
+        self.enabled = enabled
         self.task = self.progress.add_task(name, total=None, batches=0)
-
         self.started = False
+        self.waited = False
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -49,6 +51,15 @@ class ProgressBar:
         if run.status is RunStatus.FINISHED:
             total = run.rows_done
         self.progress.update(self.task, completed=run.rows_done, total=total, batches=run.batches_done)
+
+    def waiting(self, why: str | None) -> None:
+        """An outage: said in the progress line while it lasts (without one: once, on stderr)."""
+        if not self.enabled:
+            if why is not None and not self.waited:
+                self.progress.console.print(f"{self.name}: {why}", highlight=False, soft_wrap=True)
+            self.waited = why is not None
+            return
+        self.progress.update(self.task, description=self.name if why is None else f"{self.name} ({why})")
 
 
 def _bar(fraction: float | None, width: int = 16) -> str:

@@ -50,6 +50,9 @@ _MYSQL_TIMEOUT = {
 }
 
 _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database schema has changed")
+_LOST = ("closed", "connection failed", "connection refused", "the connection is lost", "consuming input failed")
+"""A driver's own words (no SQLSTATE: the server never answered) for a connection lost or refused,
+as psycopg says them when the server is down or restarting."""
 
 
 def classify(exc: BaseException) -> ErrorKind:
@@ -80,7 +83,7 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.TRANSIENT
     if message == "interrupted":
         return ErrorKind.TIMEOUT
-    if type(orig).__name__ == "OperationalError" and "closed" in message:
+    if type(orig).__name__ == "OperationalError" and any(part in message for part in _LOST):
         return ErrorKind.TRANSIENT
     return ErrorKind.PERMANENT
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from backfill.executor import Executor, Outcome
 from backfill.failures import retried
 from backfill.host import Host
+from backfill.outage import Outage, is_outage
 from backfill.planner import Plan, Planner
 from backfill.status import RunStatus
 from backfill.store import Run, Store
@@ -41,6 +42,7 @@ class InlineRunner:
         poll_interval: float = 0.25,
         host: Host | None = None,
         pool: Callable[[int, Run], futures.Executor] | None = None,
+        on_wait: Callable[[str | None], None] | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -50,6 +52,8 @@ class InlineRunner:
         self.poll_interval = poll_interval
         self.host = host or Host()
         self.pool = pool or self._pool
+        self.on_wait = on_wait
+        """Told "waiting for the database: ..." during an outage, and None once it is over."""
 
     def run(self, run: Run) -> Run:
         """Run until the run is over (finished, failed, cancelled) or paused; returns it then.
@@ -71,8 +75,9 @@ class InlineRunner:
             with planning:
                 return retried(lambda: planner.tick(run, plan=plan), clock.sleep)
 
-        def sweep(run: Run) -> None:
-            retried(lambda: planner.release_stale(run, self.host.is_gone), clock.sleep)
+        def sweep(run: Run, mine: bool = False) -> None:
+            gone = _or_mine(self.host) if mine else self.host.is_gone
+            retried(lambda: planner.release_stale(run, gone), clock.sleep)
 
         def chain(run: Run) -> list[Outcome]:
             def plan_ahead(run: Run, count: int) -> Run:
@@ -94,40 +99,54 @@ class InlineRunner:
                 on_outcome=self.on_outcome,
             )
 
-        sweep(run)  # the claims of a dead predecessor come back at once
+        outage = None if self.store.borrowed else Outage(self.store.engine, clock, run.name)
         chains: set[Future[list[Outcome]]] = set()
         with self.pool(threads, run) as pool:
             try:
-                plan = tick(run)
-                last_tick = last_sweep = clock.monotonic()
+                plan: Plan | None = None
                 while True:
-                    run = plan.run
-                    self._report(run)
-                    if plan.over or run.status is RunStatus.PAUSED:
-                        break
-                    for _ in range(min(threads - len(chains), len(plan.pending))):
-                        chains.add(pool.submit(chain, run))
-                    ended = False
-                    if chains:
-                        done, _ = wait(chains, timeout=self.poll_interval, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            chains.discard(future)
-                            future.result()
-                            ended = True
-                    else:
-                        clock.sleep(self.poll_interval)  # open batches belong to another live process
-                    now = clock.monotonic()
-                    if now - last_sweep > STALE_SWEEP_SECONDS:
-                        sweep(run)
-                        last_sweep = now
-                    if ended or not chains or now - last_tick > TICK_SECONDS:
-                        plan = tick(run, plan=not chains)  # running chains plan their own batches
-                        last_tick = now
+                    try:
+                        if plan is None:  # at the start, and once the database is back
+                            # The claims of a dead predecessor come back at once; after an
+                            # outage, those of this process's own chains too (all have ended).
+                            sweep(run, mine=outage is not None and outage.since is not None)
+                            plan = tick(run)
+                            last_tick = last_sweep = clock.monotonic()
+                            if outage is not None:
+                                outage.over(self.on_wait)
+                        run = plan.run
+                        self._report(run)
+                        if plan.over or run.status is RunStatus.PAUSED:
+                            break
+                        for _ in range(min(threads - len(chains), len(plan.pending))):
+                            chains.add(pool.submit(chain, run))
+                        ended = False
+                        if chains:
+                            done, _ = wait(chains, timeout=self.poll_interval, return_when=FIRST_COMPLETED)
+                            for future in done:
+                                chains.discard(future)
+                                future.result()
+                                ended = True
+                        else:
+                            clock.sleep(self.poll_interval)  # open batches belong to another live process
+                        now = clock.monotonic()
+                        if now - last_sweep > STALE_SWEEP_SECONDS:
+                            sweep(run)
+                            last_sweep = now
+                        if ended or not chains or now - last_tick > TICK_SECONDS:
+                            plan = tick(run, plan=not chains)  # running chains plan their own batches
+                            last_tick = now
+                    except Exception as exc:
+                        if outage is None or not is_outage(exc):
+                            raise
+                        _end_all(chains)
+                        outage.wait(exc, self.on_wait)
+                        plan = None
             finally:
                 stopping.set()
                 for future in list(chains):
                     future.result()
-        run = self.store.get_run(run.id)
+        run = retried(lambda: self.store.get_run(run.id), clock.sleep)
         self._report(run)
         return run
 
@@ -140,6 +159,24 @@ class InlineRunner:
     def _report(self, run: Run) -> None:
         if self.on_progress is not None:
             self.on_progress(run)
+
+
+def _end_all(chains: set[Future[list[Outcome]]]) -> None:
+    """Let every chain end (in an outage each does soon: its next statement fails), and raise
+    what is not the outage's own doing."""
+    wait(chains)
+    failed = [f.exception() for f in chains if f.exception() is not None and not is_outage(f.exception())]  # type: ignore[arg-type]
+    chains.clear()
+    if failed:
+        raise failed[0]  # type: ignore[misc]
+
+
+def _or_mine(host: Host) -> Callable[[str], bool]:
+    """Whether a claim's worker is gone, or is one of this process's own chains: after an
+    outage, all of them have ended, and their claims are to be taken back now rather than once
+    their leases run out. (A claim this process did not make is left to its lease.)"""
+    own = host.worker_name().rpartition(":")[0] + ":"
+    return lambda worker: host.is_gone(worker) or worker.startswith(own)
 
 
 class _InThisThread(futures.Executor):

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,4 +189,84 @@ def mariadb_with_replica() -> Iterator[tuple[Server, Server]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Outage:
+    """A private server a test may take down and bring back (same port, same data)."""
+
+    server: Server
+    down: Callable[[], None]
+    up: Callable[[], None]
+
+
+@contextmanager
+def postgres_to_take_down() -> Iterator[Outage]:
+    """A PostgreSQL server of its own (database ``postgres``, trust): ``down`` is a fast
+    shutdown (sessions cut, transactions rolled back), ``up`` starts it again."""
+    base = Path(tempfile.mkdtemp(prefix="backfill-pg-"))
+    if os.geteuid() == 0:
+        uid = pwd.getpwnam("postgres")
+        os.chown(base, uid.pw_uid, uid.pw_gid)
+    directory, port = base / "data", free_port()
+    try:
+        subprocess.run(
+            _as_postgres([_pg_bin("initdb"), "-D", str(directory), "-A", "trust", "-U", "postgres", "--no-sync"]),
+            check=True,
+            capture_output=True,
+        )
+        _postgres_conf(directory, port, base, "")
+        _pg_ctl(directory, "start")
+        server = Server(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", port, directory)
+        stop = [_pg_bin("pg_ctl"), "-D", str(directory), "-m", "fast", "-w", "stop"]
+        yield Outage(
+            server,
+            down=lambda: subprocess.run(_as_postgres(stop), check=True, capture_output=True) and None,
+            up=lambda: _pg_ctl(directory, "start"),
+        )
+    finally:
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(directory), "stop", "-m", "immediate"]),
+                       capture_output=True, check=False)  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def mariadb_to_take_down() -> Iterator[Outage]:
+    """A MariaDB server of its own (database ``test``, root, no grant tables): ``down`` stops
+    it (SIGTERM: a clean shutdown), ``up`` starts it again on the same port and data."""
+    base = Path(tempfile.mkdtemp(prefix="backfill-mariadb-"))
+    data, port = base / "data", free_port()
+    argv = ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={port}", f"--socket={base / 'sock'}"]
+    argv += ["--user=root", "--bind-address=127.0.0.1", "--skip-grant-tables", "--innodb-buffer-pool-size=64M"]
+    running: list[subprocess.Popen[bytes]] = []
+
+    def up() -> None:
+        with (base / "server.log").open("ab") as log:
+            running.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        admin = create_engine(f"mariadb+pymysql://root@127.0.0.1:{port}/")
+        _wait(lambda: admin.connect().close() or True, "MariaDB")
+        admin.dispose()
+
+    def down() -> None:
+        process = running.pop()
+        process.terminate()
+        process.wait(60)
+
+    try:
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        up()
+        admin = create_engine(f"mariadb+pymysql://root@127.0.0.1:{port}/", isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("CREATE DATABASE test"))
+        admin.dispose()
+        yield Outage(Server(f"mariadb+pymysql://root@127.0.0.1:{port}/test", port, base), down=down, up=up)
+    finally:
+        for process in running:
+            process.kill()
+            process.wait()
         shutil.rmtree(base, ignore_errors=True)
