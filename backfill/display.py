@@ -71,7 +71,7 @@ def _bar(fraction: float | None, width: int = 16) -> str:
 
 def status_table(runs: list[RunProgress]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("backfill", "run", "status", "progress", "rows", "batches ok/failed/in flight", "batch size",
+    for column in ("backfill", "run", "status", "progress", "rows", "batches ok/failed/running", "batch size",
                    "rate", "ETA", "elapsed", "last error"):  # fmt: skip
         table.add_column(column, overflow="fold" if column == "last error" else "ellipsis")
     for p in runs:
@@ -95,8 +95,8 @@ def status_table(runs: list[RunProgress]) -> Table:
             status,
             _bar(p.fraction) + percent,
             f"{run.rows_done:,} / {total}",
-            f"{run.batches_done} / {run.batches_failed} / {p.batches_pending + p.batches_running}",
-            str(run.tuning.batch_size),
+            f"{run.batches_done} / {run.batches_failed} / {p.batches_running}",
+            f"{p.batch_size:,}",
             f"{p.rate:,.0f}/s",
             duration(p.eta_seconds),
             duration(p.elapsed_seconds),

@@ -54,7 +54,7 @@ class StoreCollector(Collector):
             counts[BatchStatus.FAILED] = run.batches_failed
             for batch_status in BatchStatus:
                 batches.add_metric([*values, batch_status.value], counts[batch_status])
-            size.add_metric(values, run.tuning.batch_size)
+            size.add_metric(values, progress.batch_size)
             parallelism.add_metric(values, run.tuning.parallelism)
             rate.add_metric(values, progress.rate)
             if progress.eta_seconds is not None:

@@ -29,9 +29,6 @@ from backfill.target import Targets
 
 logger = logging.getLogger(__name__)
 
-RATE_BURST_SECONDS = 0.5
-"""Under a rate cap a batch holds at most this many seconds' worth of rows: the cap then holds
-over any window within a fraction of a second's worth."""
 ADAPT_EVERY = 2
 """Batches between two adjustments of the batch size."""
 ADAPT_WINDOW = 8
@@ -308,9 +305,7 @@ class Planner:
         another planner changed the run first."""
         target = self.targets.for_run(run)
         catchup = run.phase is Phase.CATCHUP
-        size = run.tuning.batch_size
-        if run.tuning.max_rows_per_second:
-            size = min(size, max(1, int(run.tuning.max_rows_per_second * RATE_BURST_SECONDS)))
+        size = sizing.planned_size(run.tuning)
         if not catchup and run.end_key is None:
             spans = []  # the table was empty at the start: everything belongs to the final pass
         else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from backfill import sizing
 from backfill.status import BatchStatus, Phase, RunStatus
 from backfill.store import BatchStats, FinalPass, Run, Store
 
@@ -71,6 +72,12 @@ class RunProgress:
         return max(0.0, (total - self.run.rows_done) / self.rate)
 
     @property
+    def batch_size(self) -> int:
+        """The rows the batches planned from now on hold: the batch size, or less under a rate
+        cap (``sizing.planned_size``), which the setting alone would not tell."""
+        return sizing.planned_size(self.run.tuning)
+
+    @property
     def throttle_json(self) -> dict[str, Any] | None:
         """An operator's throttle in force (its time may have run out: ``until`` says when)."""
         run = self.run
@@ -108,8 +115,9 @@ class RunProgress:
             "batches_failed": run.batches_failed,
             "batches_pending": self.batches_pending,
             "batches_running": self.batches_running,
-            "batches_in_flight": self.batches_pending + self.batches_running,
-            "batch_size": run.tuning.batch_size,
+            "batches_in_flight": self.batches_running,
+            "batch_size": self.batch_size,
+            "batch_size_setting": run.tuning.batch_size,
             "parallelism": run.tuning.parallelism,
             "rate": round(self.rate, 1),
             "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),

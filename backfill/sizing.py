@@ -23,6 +23,9 @@ EMA_ALPHA = 0.3
 moves it by less than a third, and over a full window the newest batch weighs most."""
 SETTLED = 0.1
 """A change of at most this share of the size is not made: one slow batch does not whipsaw it."""
+RATE_BURST_SECONDS = 0.5
+"""Under a rate cap a batch holds at most this many seconds' worth of rows: the cap then holds
+over any window within a fraction of a second's worth."""
 PACED_AT_LEAST = 0.25
 """A run the impact budget slows to a pace aims its batches at the target duration times that
 pace, but never under this share of it: a batch is the longest an application transaction can
@@ -67,3 +70,11 @@ def next_batch_size(size: int, ms_per_row: float, tuning: Tuning, pace: float | 
     if in_bounds and abs(proposed - size) <= size * SETTLED:
         return size
     return proposed
+
+
+def planned_size(tuning: Tuning) -> int:
+    """The rows a batch planned now holds: the batch size, or under a rate cap at most
+    ``RATE_BURST_SECONDS`` of the cap's rows. What the planner plans, and what status shows."""
+    if not tuning.max_rows_per_second:
+        return tuning.batch_size
+    return min(tuning.batch_size, max(1, int(tuning.max_rows_per_second * RATE_BURST_SECONDS)))

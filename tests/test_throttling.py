@@ -4,16 +4,21 @@ carries on by itself."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, DateTime, Engine, bindparam, cast, event, text, update
 
 from backfill import BatchStatus, RunStatus
-from backfill.store import Run
+from backfill.database import make_engine
+from backfill.planner import Planner
+from backfill.store import Refusal, Refused, Run, Store
+from backfill.tables import runs
 from tests.apps import counters
 from tests.apps.counters import items
 from tests.conftest import Database
@@ -132,11 +137,81 @@ def test_an_old_transaction_holds_the_run(db: Database) -> None:
     assert counter_histogram(db, items) == {1: 300}
 
 
-@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_a_rate_cap_holds_over_every_ten_seconds(db: Database) -> None:
+    """Four chains at once: a claim the cap refused must never pass for one it allowed (on
+    MariaDB the refused claim's transaction read the schedule as it was before the claim that
+    took the slot, and ran 2x over the cap)."""
     counters.fill(db.engine, items, list(range(1, 3601)))
     started = time.monotonic()
     run = db.app().run("counter_int", max_rows_per_second=300, parallelism=4)
     assert run.status is RunStatus.FINISHED and counter_histogram(db, items) == {1: 3600}
     assert time.monotonic() - started >= (3600 - 150) / 300
     assert rows_in_windows(db, run.id, 10.0) <= 300 * 10 * 1.1
+
+
+class SteppingTime:
+    """The database's clock as a test drives it: a statement that read it leaves it one step
+    later for the next (a statement takes time)."""
+
+    def __init__(self, engine: Engine, start: datetime, step: timedelta) -> None:
+        self.at, self.step, self.read = start, step, False
+        self.cast = engine.dialect.name in ("mysql", "mariadb")
+        event.listen(engine, "before_cursor_execute", self._executed)
+
+    def now(self) -> ColumnElement[datetime]:
+        now = bindparam(None, callable_=self._now, type_=DateTime())
+        # Cast on MySQL, which hands a parameter back as the text it was sent as.
+        return cast(now, DateTime()) if self.cast else now
+
+    def _now(self) -> datetime:
+        self.read = True
+        return self.at
+
+    def _executed(self, *args: Any) -> None:
+        if self.read:
+            self.at, self.read = self.at + self.step, False
+
+
+def test_a_claim_the_rate_cap_refused_never_reads_as_taken_once_its_slot_comes_due(db: Database) -> None:
+    """The slot is refused at one moment and, a statement later, the schedule says it is due:
+    the claim is still refused (it is tried again), or two claims would share one slot."""
+    counters.fill(db.engine, items, list(range(1, 201)))
+    app = db.app()
+    run = app.start("counter_int", max_rows_per_second=100)
+    run = Planner(app.store, app.targets).tick(run).run
+    start = datetime(2030, 1, 1)
+    with db.engine.begin() as connection:
+        connection.execute(update(runs).where(runs.c.id == run.id).values(rate_next_at=start + timedelta(seconds=1.5)))
+    engine = make_engine(db.url)  # its own, for the stepping clock's listener
+    store = Store(engine, time=SteppingTime(engine, start, timedelta(seconds=1)))
+    claimed = store.claim(run, None, "w1", 30.0)
+    engine.dispose()
+    assert isinstance(claimed, Refused) and claimed.reason is Refusal.RATE and claimed.retry_after > 0, claimed
+    assert not app.store.batches_of(run.id, BatchStatus.RUNNING)
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # what status computes is the same on every database
+def test_status_shows_the_batch_size_batches_have_and_the_batches_running(db: Database) -> None:
+    """Under a rate cap batches hold half a second of the cap's rows, whatever the batch size
+    setting: status says the size they have (and the setting apart); "running" counts the
+    batches being worked on, at most the parallelism, not the batches planned ahead."""
+    counters.fill(db.engine, items, list(range(1, 1201)))
+    thread, result = run_in_background(db, "counter_int", batch_size=1000, max_rows_per_second=300, parallelism=2)
+    try:
+        seen: list[dict[str, Any]] = []
+
+        def looked() -> bool:
+            data = json.loads(db.cli("status", "counter_int", "--json").stdout)
+            seen.append(data)
+            return data["batches_pending"] > data["parallelism"]
+
+        wait_for(looked, what="batches planned ahead of the running ones")
+        data = seen[-1]
+        assert data["batch_size"] == 150 and data["batch_size_setting"] == 1000, data
+        assert data["batches_in_flight"] == data["batches_running"] <= 2, data
+        row = next(line for line in db.cli("status").stdout.splitlines() if line.startswith("counter_int"))
+        assert " 150 " in row and " 1000 " not in row, row
+    finally:
+        thread.join(60)
+    assert result and result[0].status is RunStatus.FINISHED
+    assert {b.rows for b in db.app().store.batches_of(result[0].id)} == {150}

@@ -39,6 +39,10 @@ SPLIT = batch_move(BatchStatus.RUNNING, to=BatchStatus.SPLIT)
 RELEASE = batch_move(BatchStatus.RUNNING, to=BatchStatus.PENDING)
 
 
+RATE_RETRY_SECONDS = 0.005
+"""The least wait after a claim the rate cap refused: the claim is simply tried again."""
+
+
 class LeasesMixin(StoreBase):
     def claim(
         self,
@@ -152,7 +156,10 @@ class LeasesMixin(StoreBase):
         ).rowcount
         if taken:
             return 0.0
-        return self.rate_wait(run_id, conn)
+        # Refused: another claim took the slot. What this transaction reads of the schedule now
+        # may be older than that claim (MySQL's snapshot), or have come due since the refusal
+        # (PostgreSQL's next statement): never 0, which would pass for a slot taken.
+        return max(self.rate_wait(run_id, conn), RATE_RETRY_SECONDS)
 
     def rate_wait(self, run_id: int, connection: Connection | None = None) -> float:
         """Seconds until the rate cap lets the run's next batch start (0: now, or no cap)."""

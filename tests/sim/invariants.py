@@ -116,7 +116,7 @@ class Checker:
         raw = self.s.engine.raw_connection()
         try:
             cursor = raw.cursor()
-            cursor.execute('SELECT at, error, "after" FROM backfill_events WHERE batch_id IS NULL ORDER BY id')
+            cursor.execute('SELECT at, note, "after" FROM backfill_events WHERE batch_id IS NULL ORDER BY id')
             notes = cursor.fetchall()
             raw.rollback()
         finally:
