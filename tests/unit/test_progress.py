@@ -104,7 +104,9 @@ def test_the_eta_is_the_rows_left_at_the_current_rate_while_running() -> None:
 def test_the_json_counts_what_is_in_flight_and_shows_a_hold_while_running_or_why_a_run_paused_itself() -> None:
     held = {"held_reason": "replica lag 45 s", "held_since": CREATED + timedelta(minutes=5)}
     running = progress(a_run(**ESTIMATED, **held)).to_json()
-    assert running["batches_in_flight"] == 3
+    # In flight: the batches being worked on (1), not those planned ahead of them (2).
+    assert running["batches_in_flight"] == running["batches_running"] == 1
+    assert running["batches_pending"] == 2
     assert running["held_reason"] == "replica lag 45 s"
     assert running["held_since"] == "2026-11-23T12:05:00Z"
     paused = progress(a_run(**{**ESTIMATED, "status": RunStatus.PAUSED})).to_json()
