@@ -165,10 +165,11 @@ def _end_all(chains: set[Future[list[Outcome]]]) -> None:
     """Let every chain end (in an outage each does soon: its next statement fails), and raise
     what is not the outage's own doing."""
     wait(chains)
-    failed = [f.exception() for f in chains if f.exception() is not None and not is_outage(f.exception())]  # type: ignore[arg-type]
+    errors = [error for future in chains if (error := future.exception()) is not None]
     chains.clear()
-    if failed:
-        raise failed[0]  # type: ignore[misc]
+    for error in errors:
+        if not is_outage(error):
+            raise error
 
 
 def _or_mine(host: Host) -> Callable[[str], bool]:
