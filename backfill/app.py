@@ -22,6 +22,7 @@ from backfill.failures import error_text, retried
 from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span
+from backfill.outage import Outage, is_outage
 from backfill.planner import Planner
 from backfill.progress import RunProgress, measure
 from backfill.registry import Registry, load
@@ -292,12 +293,28 @@ class App:
                     f"the throttle query cannot run ({error_text(exc, 200).splitlines()[0]}): fix it and throttle again"
                 ) from None
 
-    def wait(self, names: Sequence[str], *, timeout: float | None = None, poll: float = 1.0) -> WaitResult:
-        """Block until every named run has ended, or one has failed or been cancelled."""
+    def wait(
+        self,
+        names: Sequence[str],
+        *,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        on_wait: Callable[[str | None], None] | None = None,
+    ) -> WaitResult:
+        """Block until every named run has ended, or one has failed or been cancelled; through
+        a database outage of up to ``BACKFILL_OUTAGE_SECONDS`` (``on_wait`` is told why)."""
         runs = [self._latest(name) for name in names]
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(self.store.engine, self.host.clock, f"backfill wait {' '.join(names)}")
         while True:
-            runs = [self.store.get_run(run.id) for run in runs]
+            try:
+                runs = [self.store.get_run(run.id) for run in runs]
+            except Exception as exc:
+                if self.store.borrowed or not is_outage(exc):
+                    raise
+                outage.wait(exc, on_wait)
+                continue
+            outage.over(on_wait)
             if any(r.status in (RunStatus.FAILED, RunStatus.CANCELLED) for r in runs):
                 return WaitResult(tuple(runs), timed_out=False)
             if all(r.status is RunStatus.FINISHED for r in runs):

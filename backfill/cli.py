@@ -33,7 +33,7 @@ from backfill import params as run_params
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV, command_timeout
-from backfill.display import ProgressBar, details_view, estimate_view, status_table
+from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, status_table
 from backfill.errors import ConfigurationError, DefinitionError, RunFailedError
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
@@ -317,7 +317,7 @@ def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
 @click.pass_context
 def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -> None:
     """Block until the runs end: exit 0 all finished, 1 one failed or was cancelled, 3 timeout."""
-    result = _app(ctx).wait(names, timeout=timeout)
+    result = _app(ctx).wait(names, timeout=timeout, on_wait=OutageNotice())
     for run in result.runs:
         click.echo(
             f"{run.name}: run {run.id} {run.status}, {run.rows_done:,} rows, {run.batches_failed} failed batches"

@@ -33,7 +33,7 @@ class ProgressBar:
         self.enabled = enabled
         self.task = self.progress.add_task(name, total=None, batches=0)
         self.started = False
-        self.waited = False
+        self._said = OutageNotice(f"{name}: ", self.progress.console)
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -55,11 +55,24 @@ class ProgressBar:
     def waiting(self, why: str | None) -> None:
         """An outage: said in the progress line while it lasts (without one: once, on stderr)."""
         if not self.enabled:
-            if why is not None and not self.waited:
-                self.progress.console.print(f"{self.name}: {why}", highlight=False, soft_wrap=True)
-            self.waited = why is not None
+            self._said(why)
             return
         self.progress.update(self.task, description=self.name if why is None else f"{self.name} ({why})")
+
+
+class OutageNotice:
+    """Says "waiting for the database: ..." once per outage, on stderr, for a command without a
+    progress line (``run --no-progress``, ``wait`` in a deploy script)."""
+
+    def __init__(self, prefix: str = "", console: Console | None = None) -> None:
+        self.prefix = prefix
+        self.console = console or Console(stderr=True)
+        self.waiting = False
+
+    def __call__(self, why: str | None) -> None:
+        if why is not None and not self.waiting:
+            self.console.print(f"{self.prefix}{why}", highlight=False, soft_wrap=True)
+        self.waiting = why is not None
 
 
 def _bar(fraction: float | None, width: int = 16) -> str:

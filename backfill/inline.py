@@ -99,7 +99,7 @@ class InlineRunner:
                 on_outcome=self.on_outcome,
             )
 
-        outage = None if self.store.borrowed else Outage(self.store.engine, clock, run.name)
+        outage = None if self.store.borrowed else Outage(self.store.engine, clock, f"backfill run {run.name}")
         chains: set[Future[list[Outcome]]] = set()
         with self.pool(threads, run) as pool:
             try:

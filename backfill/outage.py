@@ -1,11 +1,12 @@
-"""Riding through a database outage in the embedded runner.
+"""Riding through a database outage in the commands that wait on the database.
 
 A worker lives on through an outage by itself (the next message, the next tick); ``backfill run``
-is one process with one run to finish, so it waits: when the database goes away it lets its
-chains end (a batch in flight rolls back with its connection), says "waiting for the database",
-asks the database every few seconds whether it is back, and carries on where the checkpoints
-say — for up to ``BACKFILL_OUTAGE_SECONDS``. Past that it ends with one line: what failed, that
-nothing was lost, and the command that continues.
+is one process with one run to finish, and ``backfill wait`` holds a deploy script until the
+data is done, so they wait: when the database goes away ``run`` lets its chains end (a batch in
+flight rolls back with its connection), both say "waiting for the database", ask the database
+every few seconds whether it is back, and carry on where the checkpoints say — for up to
+``BACKFILL_OUTAGE_SECONDS``. Past that they end with one line: what failed, that nothing was
+lost, and the command that continues.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def is_outage(exc: BaseException) -> bool:
 class Outage:
     """One outage's clock: the first failure starts it, the database's answer ends it."""
 
-    def __init__(self, engine: Engine, clock: Clock, name: str, seconds: float | None = None) -> None:
+    def __init__(self, engine: Engine, clock: Clock, again: str, seconds: float | None = None) -> None:
         self.engine = engine
         self.clock = clock
-        self.name = name
+        self.again = again
+        """The command that continues, named in the line said past the limit."""
         self.seconds = outage_seconds() if seconds is None else seconds
         self.since: float | None = None
 
@@ -72,7 +74,7 @@ class Outage:
             if left <= 0:
                 raise DatabaseUnavailableError(
                     f"the database did not answer for {now - self.since:.0f}s ({said}): nothing was lost, every "
-                    f"batch commits whole or not at all; `backfill run {self.name}` continues where it stopped "
+                    f"batch commits whole or not at all; `{self.again}` continues where it stopped "
                     f"(wait longer with {OUTAGE_ENV})"
                 )
             self.clock.sleep(min(pause, left))

@@ -42,11 +42,11 @@ def server(request: pytest.FixtureRequest) -> Iterator[Outage]:
         yield outage
 
 
-def run_in_background(url: str, outage_seconds: int) -> subprocess.Popen[str]:
+def run_in_background(url: str, outage_seconds: int, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "BACKFILL_DATABASE_URL": url, "BACKFILL_APP": "tests.apps.counters"}
     env["BACKFILL_OUTAGE_SECONDS"] = str(outage_seconds)
     return subprocess.Popen(
-        [sys.executable, "-m", "backfill", "run", "counter_slow", "--no-progress"],
+        [sys.executable, "-m", "backfill", *(args or ("run", "counter_slow", "--no-progress"))],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -90,10 +90,13 @@ def test_run_waits_out_an_outage_and_gives_up_past_the_limit(server: Outage) -> 
     assert "waiting for the database" in err.splitlines()[0], err
     assert set(counters_of(url)) <= {0, 1}
 
-    # Ten seconds, within the limit: the same command waits it out and finishes the run.
+    # Ten seconds, within the limit: the same command waits it out and finishes the run, and a
+    # deploy script's `backfill wait` waits it out too, then reports the run finished.
     runner = run_in_background(url, outage_seconds=60)
     before = batches_done(url)
     wait_for(lambda: batches_done(url) >= before + 10, what="ten more batches")
+    waiter = run_in_background(url, 60, "wait", "counter_slow", "--timeout", "240")
+    time.sleep(1)
     server.down()
     time.sleep(10)
     server.up()
@@ -101,3 +104,6 @@ def test_run_waits_out_an_outage_and_gives_up_past_the_limit(server: Outage) -> 
     assert runner.returncode == 0, err
     assert "counter_slow: waiting for the database" in err and "finished" in out, (out, err)
     assert counters_of(url) == {1: ROWS}
+    said, complaint = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, complaint
+    assert "waiting for the database" in complaint and "finished" in said, (said, complaint)
