@@ -22,7 +22,7 @@ from backfill.failures import error_text, retried
 from backfill.host import Host
 from backfill.inline import InlineRunner
 from backfill.keyset import Span
-from backfill.outage import Outage, is_outage
+from backfill.outage import Outage, is_outage, outage_seconds
 from backfill.planner import Planner
 from backfill.progress import RunProgress, measure
 from backfill.registry import Registry, load
@@ -177,6 +177,7 @@ class App:
         the ones it was started with). Through a database outage the run waits (``on_wait`` is
         told why, and None once it is over) for up to ``BACKFILL_OUTAGE_SECONDS``."""
         definition = self.definitions.require(name)
+        riding = outage_seconds()  # a mistake in the setting is said before a run is recorded
         self.store.check_tables()
         waiting = Planner(self.store, self.targets, clock=self.host.clock).waiting_for(definition)
         if waiting:
@@ -204,6 +205,7 @@ class App:
             on_outcome=on_outcome,
             host=self.host,
             on_wait=on_wait,
+            outage_seconds=riding,
         )
         return runner.run(run)
 
@@ -305,7 +307,7 @@ class App:
         a database outage of up to ``BACKFILL_OUTAGE_SECONDS`` (``on_wait`` is told why)."""
         runs = [self._latest(name) for name in names]
         deadline = None if timeout is None else time.monotonic() + timeout
-        outage = Outage(self.store.engine, self.host.clock, f"backfill wait {' '.join(names)}")
+        outage = Outage(self.store.engine, self.host.clock, f"backfill wait {' '.join(names)}", outage_seconds())
         while True:
             try:
                 runs = [self.store.get_run(run.id) for run in runs]

@@ -43,6 +43,7 @@ class InlineRunner:
         host: Host | None = None,
         pool: Callable[[int, Run], futures.Executor] | None = None,
         on_wait: Callable[[str | None], None] | None = None,
+        outage_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.targets = targets
@@ -53,6 +54,8 @@ class InlineRunner:
         self.host = host or Host()
         self.pool = pool or self._pool
         self.on_wait = on_wait
+        self.outage_seconds = outage_seconds
+        """How long a database outage is waited out (None: ``BACKFILL_OUTAGE_SECONDS``)."""
         """Told "waiting for the database: ..." during an outage, and None once it is over."""
 
     def run(self, run: Run) -> Run:
@@ -99,7 +102,11 @@ class InlineRunner:
                 on_outcome=self.on_outcome,
             )
 
-        outage = None if self.store.borrowed else Outage(self.store.engine, clock, f"backfill run {run.name}")
+        outage = (
+            None
+            if self.store.borrowed
+            else Outage(self.store.engine, clock, f"backfill run {run.name}", self.outage_seconds)
+        )
         chains: set[Future[list[Outcome]]] = set()
         with self.pool(threads, run) as pool:
             try:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from backfill.database import display_url, make_engine, parse_url
+from backfill.errors import ConfigurationError
 
 REPLICA_URLS_ENV = "BACKFILL_REPLICA_URLS"
 CONNECT_SECONDS = 3
@@ -28,8 +29,16 @@ _lock = threading.Lock()
 
 
 def urls_from_environment() -> tuple[str, ...]:
+    """The replicas to ask, each checked as a database URL now: a mistake in the setting is
+    said before a run is recorded, not found by the run's first health check."""
     raw = os.environ.get(REPLICA_URLS_ENV, "")
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+    urls = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for url in urls:
+        try:
+            parse_url(url)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{REPLICA_URLS_ENV}: {exc}") from None
+    return urls
 
 
 def _engine(url: str) -> Engine:

@@ -56,6 +56,32 @@ def test_user_mistakes_are_one_line_and_change_nothing(db: Database, args: list[
     assert no_runs(db)
 
 
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)  # settings are read before the database is written
+@pytest.mark.parametrize(
+    ("variable", "value", "expected", "commands"),
+    [
+        (
+            "BACKFILL_REPLICA_URLS",
+            "not a url",
+            "BACKFILL_REPLICA_URLS: the database URL cannot be parsed",
+            ("run", "start"),
+        ),
+        ("BACKFILL_OUTAGE_SECONDS", "soon", "BACKFILL_OUTAGE_SECONDS must be a whole number of seconds", ("run",)),
+    ],
+)
+def test_a_bad_setting_is_said_before_a_run_is_recorded(
+    db: Database, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str, commands: tuple[str, ...]
+) -> None:
+    """A setting the run only needs later (a replica to ask, how long to wait out an outage) is
+    checked before the run is recorded: one line, exit 2, and no run left behind."""
+    monkeypatch.setenv(variable, value)
+    for command in commands:
+        result = db.cli(command, "counter_int")
+        assert result.returncode == 2, result.stderr
+        assert expected in one_error_line(result)
+        assert no_runs(db)
+
+
 @pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # bound the same way everywhere (test_run_features)
 def test_run_parameters_on_the_command_line(db: Database) -> None:
     counters.fill(db.engine, items, list(range(1, 101)))
