@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
 from backfill import tables
+from backfill.database import READ_ONLY
 from backfill.errors import ConfigurationError, StoreMissingError
 
 
@@ -86,8 +87,12 @@ def _every_column_answers(engine: Engine) -> bool:
     tens of milliseconds on PostgreSQL. Anything else goes to the inspector, to say what is wrong."""
     try:
         with engine.connect() as connection:
-            for table in tables.metadata.sorted_tables:
-                connection.execute(select(*table.c).where(false()))
+            connection.info[READ_ONLY] = True  # on SQLite: beside a running batch, not behind it
+            try:
+                for table in tables.metadata.sorted_tables:
+                    connection.execute(select(*table.c).where(false()))
+            finally:
+                connection.info.pop(READ_ONLY, None)
     except DBAPIError:
         return False
     return True
