@@ -177,7 +177,7 @@ class App:
         the ones it was started with). Through a database outage the run waits (``on_wait`` is
         told why, and None once it is over) for up to ``BACKFILL_OUTAGE_SECONDS``."""
         definition = self.definitions.require(name)
-        riding = outage_seconds()  # a mistake in the setting is said before a run is recorded
+        outage_limit = outage_seconds()  # a mistake in the setting is said before a run is recorded
         self.store.check_tables()
         waiting = Planner(self.store, self.targets, clock=self.host.clock).waiting_for(definition)
         if waiting:
@@ -205,7 +205,7 @@ class App:
             on_outcome=on_outcome,
             host=self.host,
             on_wait=on_wait,
-            outage_seconds=riding,
+            outage_seconds=outage_limit,
         )
         return runner.run(run)
 

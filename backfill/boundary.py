@@ -66,8 +66,6 @@ def judge(exc: BaseException) -> Verdict:
             return Verdict(Cause.ENVIRONMENT, one_line(fault), 1)
     elif isinstance(exc, OSError | TimeoutError):
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-        if isinstance(exc, OSError) and exc.filename is not None:  # a file the URL names (?ssl_ca=...)
-            what = f"{what}: {exc.filename}"
         return Verdict(Cause.ENVIRONMENT, one_line(f"{what}: check the network and the servers, then run it again"), 1)
     return Verdict(Cause.BUG, "", 1)
 

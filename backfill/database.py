@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning
 
 from backfill import environment
@@ -86,6 +88,18 @@ def _whole_seconds(name: str, default: int) -> int:
 
 def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection that only reads: on SQLite it reads a snapshot beside the writer (a running
+    batch) rather than queueing for the write lock (``BEGIN IMMEDIATE``)."""
+    with engine.connect() as connection:
+        connection.info[READ_ONLY] = True
+        try:
+            yield connection
+        finally:
+            connection.info.pop(READ_ONLY, None)
 
 
 def options_refused(url: URL, exc: Exception) -> ConfigurationError:

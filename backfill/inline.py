@@ -54,9 +54,9 @@ class InlineRunner:
         self.host = host or Host()
         self.pool = pool or self._pool
         self.on_wait = on_wait
+        """Told "waiting for the database: ..." during an outage, and None once it is over."""
         self.outage_seconds = outage_seconds
         """How long a database outage is waited out (None: ``BACKFILL_OUTAGE_SECONDS``)."""
-        """Told "waiting for the database: ..." during an outage, and None once it is over."""
 
     def run(self, run: Run) -> Run:
         """Run until the run is over (finished, failed, cancelled) or paused; returns it then.

@@ -14,7 +14,7 @@ from sqlalchemy.sql.dml import Update
 
 from backfill import events, tables
 from backfill.clock import SERVER_TIME, DatabaseTime
-from backfill.database import READ_ONLY
+from backfill.database import reading
 from backfill.errors import RunStateError
 from backfill.events import Event
 from backfill.keyset import Span
@@ -77,12 +77,8 @@ class StoreBase:
         if isinstance(self.bind, Connection):
             yield self.bind
             return
-        with self.bind.connect() as connection:
-            connection.info[READ_ONLY] = True
-            try:
-                yield connection
-            finally:
-                connection.info.pop(READ_ONLY, None)
+        with reading(self.bind) as connection:
+            yield connection
 
     def _read_borrowed_or_new(self, connection: Connection | None) -> Any:
         """Read on the caller's connection (a migration's), or on a reading one."""

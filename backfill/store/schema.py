@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
 from backfill import tables
-from backfill.database import READ_ONLY
+from backfill.database import reading
 from backfill.errors import ConfigurationError, StoreMissingError
 
 
@@ -86,13 +86,9 @@ def _every_column_answers(engine: Engine) -> bool:
     found in a round trip a table, where the inspector's catalog queries cost a command's start
     tens of milliseconds on PostgreSQL. Anything else goes to the inspector, to say what is wrong."""
     try:
-        with engine.connect() as connection:
-            connection.info[READ_ONLY] = True  # on SQLite: beside a running batch, not behind it
-            try:
-                for table in tables.metadata.sorted_tables:
-                    connection.execute(select(*table.c).where(false()))
-            finally:
-                connection.info.pop(READ_ONLY, None)
+        with reading(engine) as connection:
+            for table in tables.metadata.sorted_tables:
+                connection.execute(select(*table.c).where(false()))
     except DBAPIError:
         return False
     return True

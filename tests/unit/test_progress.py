@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from backfill.definition import Backfill
+from backfill.display import ProgressBar
 from backfill.progress import RunProgress, refine_total
 from backfill.status import Phase, RunStatus
 from backfill.store import Run
@@ -117,3 +118,11 @@ def test_the_json_counts_what_is_in_flight_and_shows_a_hold_while_running_or_why
     finished = progress(a_run(**{**ESTIMATED, "status": RunStatus.FINISHED}, **held)).to_json()
     assert finished["held_reason"] is None
     assert running["table"] == DEFINITION.table
+
+
+def test_an_outage_is_said_in_the_progress_line_while_it_lasts() -> None:
+    bar = ProgressBar("items")
+    bar.waiting("waiting for the database (3s of 60s): connection refused")
+    assert bar.progress.tasks[0].description == "items (waiting for the database (3s of 60s): connection refused)"
+    bar.waiting(None)
+    assert bar.progress.tasks[0].description == "items"
