@@ -8,7 +8,8 @@ nobody here wrote.
 The application is pgbench's TPC-B-like mix (4 clients; on MariaDB, ``bench.workload``'s clients
 running the same transaction) on pgbench's tables at ``--scale`` (100,000 accounts each: 20 is
 2,000,000). While it runs, each approach fills a new column of ``pgbench_accounts``, the table the
-application updates most (``bench.accounts``): one UPDATE, a careful hand-written keyset loop,
+application updates most (``bench.accounts``): one UPDATE, a careful hand-written keyset loop
+(at 1,000 rows per commit, and at 2,500 to show what a longer batch costs the application),
 ``backfill run`` at its defaults, with ``--nice-ratio 1``, with an impact budget, and on Celery.
 
 Every approach starts from the same table (``bench.accounts.reset``), then the application runs
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from typing import Any
 from sqlalchemy import URL
 
 from backfill.database import make_engine
-from backfill.store import Store
+from backfill.store import BatchRecord, Store
 from bench import accounts, scenario
 from bench.celery_cluster import Cluster
 from bench.hand_written import URL_ENV
@@ -74,6 +75,11 @@ APPROACHES = {
         (sys.executable, "-m", "bench.hand_written", "loop", "--batch-size", "1000"),
         framework=False,
     ),
+    "loop2500": Approach(
+        "hand-written keyset loop, 2,500 rows per commit",
+        (sys.executable, "-m", "bench.hand_written", "loop", "--batch-size", "2500"),
+        framework=False,
+    ),
     "default": Approach("`backfill run`, default tuning", (*BACKFILL, "run", "accounts_region")),
     "nice": Approach("`backfill run --nice-ratio 1`", (*BACKFILL, "run", "accounts_region", "--nice-ratio", "1")),
     "budget": Approach(
@@ -83,7 +89,7 @@ APPROACHES = {
         "Celery, 1 worker + scheduler, default tuning", (*BACKFILL, "start", "accounts_region"), celery=True
     ),
 }
-DEFAULT_ONLY = "update,loop,default,nice,budget,celery"
+DEFAULT_ONLY = "update,loop,loop2500,default,nice,budget,celery"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,8 +145,9 @@ def migrate(approach: Approach, url: URL, args: argparse.Namespace, wait_for_run
     return time.time() - started
 
 
-def batches(url: URL) -> dict[str, Any]:
-    """What the framework's run did, from its checkpoints: batches, their sizes and durations."""
+def batches(url: URL, transactions: Sequence[tuple[float, float]], started: float, ended: float) -> dict[str, Any]:
+    """What the framework's run did, from its checkpoints: batches, their sizes and durations;
+    and the application's p99 in each stretch of the run (``stretches``)."""
     engine = make_engine(url)
     try:
         store = Store(engine)
@@ -150,6 +157,7 @@ def batches(url: URL) -> dict[str, Any]:
         rows = sorted(b.rows for b in done)
         durations = sorted(b.duration_ms or 0.0 for b in done)
         return {
+            "stretches": stretches(done, transactions, started, ended),
             "status": run.status.value,
             "batches": len(done),
             "median_rows": statistics.median(rows) if rows else 0,
@@ -224,7 +232,7 @@ def one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Pa
         "verified": verified,
     }
     if approach.framework:
-        result["run"] = batches(url)
+        result["run"] = batches(url, transactions, started, ended)
     log(
         f"{key}: {seconds:.1f}s, {result['rows_per_s']:,.0f} rows/s; TPS {during.tps:,.0f} / idle {idle.tps:,.0f} "
         f"= {result['tps_ratio']:.2f}; lost {result['lost_per_1000_rows']:.1f}/1,000 rows; "
@@ -236,6 +244,31 @@ def one(key: str, db: scenario.BenchDatabase, args: argparse.Namespace, work: Pa
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def stretches(
+    done: Sequence[BatchRecord], transactions: Sequence[tuple[float, float]], started: float, ended: float
+) -> dict[str, dict[str, Any]]:
+    """The application's transactions in each stretch of a run: before its first batch (the
+    process starting, the run checked and planned), the main sweep, and from the sweep's last
+    batch to the process's exit (the final pass, the verification, the run concluded). Where in
+    the run the application's tail is made."""
+    main = [b for b in done if b.phase.value == "main" and b.started_at and b.finished_at]
+    if not main:
+        return {}
+    first, last = epoch(main[0].started_at), max(epoch(b.finished_at) for b in main)
+    bounds = {"start": (started, first), "main sweep": (first, last), "final pass and end": (last, ended)}
+    found = {}
+    for name, (start, end) in bounds.items():
+        window = Window.of(transactions, start, end)
+        found[name] = {"seconds": round(end - start, 2), "transactions": window.transactions, "p99_ms": window.p99_ms}
+    return found
+
+
+def epoch(at: datetime | None) -> float:
+    """A checkpoint's time (UTC, naive on some databases) as epoch seconds."""
+    assert at is not None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

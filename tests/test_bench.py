@@ -39,10 +39,13 @@ def test_the_oltp_harness_runs_end_to_end(
     only = "loop,default" if dialect == "postgresql" else "loop"  # MariaDB: its own application client
     argv = ["--dialect", dialect, "--scale", "1", "--only", only, "--rounds", "1", "--idle-seconds", "0.5", "--no-save"]
     assert oltp.main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     assert "hand-written keyset loop, 1,000 rows per commit" in out
     assert "app transactions lost per 1,000 rows" in out
     if dialect == "postgresql":
         assert "`backfill run`, default tuning" in out
         assert "default: rows/s ≥ 1.0 x the hand loop" in out  # the targets are judged
         assert "| `backfill run`, default tuning | " in out.split("rows/s ÷ loop, median of 1")[1]  # in ratios
+        # where in the run the application's tail is made: before the batches, the sweep, the end
+        assert "'main sweep': {'seconds'" in err and "'final pass and end'" in err

@@ -119,11 +119,12 @@ def test_each_newer_batch_moves_the_time_per_row_by_three_tenths_of_its_distance
     assert 0.5 < slow_then < slow_now < 1.5
 
 
-def test_a_paced_run_aims_at_shorter_batches_down_to_a_quarter_of_the_target() -> None:
-    tuning = Tuning(target_batch_seconds=0.05, min_batch_size=10, impact_budget=0.1)
+def test_a_paced_run_aims_at_shorter_batches_down_to_a_twentieth_of_the_target() -> None:
+    tuning = Tuning(target_batch_seconds=0.05, min_batch_size=1, impact_budget=0.1)
     assert next_batch_size(100, 0.5, tuning, pace=1.0) == 100  # full speed: the target itself
     assert next_batch_size(100, 0.5, tuning, pace=0.5) == 50  # half the time in batches: 25 ms
-    assert next_batch_size(100, 0.5, tuning, pace=0.1) == 50  # shorter than a quarter: no (halving at most)
-    assert next_batch_size(50, 0.5, tuning, pace=0.1) == 25  # then a quarter: 12.5 ms
-    assert next_batch_size(25, 0.5, tuning, pace=0.1) == 25
+    assert next_batch_size(100, 0.5, tuning, pace=0.1) == 50  # a tenth: 5 ms, but halving at most
+    assert next_batch_size(20, 0.5, tuning, pace=0.1) == 10  # then 5 ms
+    assert next_batch_size(10, 0.5, tuning, pace=0.01) == 5  # a hundredth: no, a twentieth, 2.5 ms
+    assert next_batch_size(5, 0.5, tuning, pace=0.01) == 5
     assert next_batch_size(100, 0.5, Tuning(target_batch_seconds=0.05, min_batch_size=10), pace=0.1) == 100  # no budget
