@@ -5,6 +5,7 @@ import logging
 from backfill.app import App
 from backfill.definition import Backfill, Batch, Tuning, define
 from backfill.errors import BackfillError, BackfillNotFinished
+from backfill.fleet import Member
 from backfill.params import Param
 from backfill.prometheus import PrometheusCheck
 from backfill.readiness import require_finished
@@ -21,6 +22,7 @@ __all__ = [
     "BackfillNotFinished",
     "Batch",
     "BatchStatus",
+    "Member",
     "Param",
     "Phase",
     "PrometheusCheck",

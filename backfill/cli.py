@@ -28,13 +28,14 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from backfill import events
+from backfill import events, fleet, fleet_status
 from backfill import params as run_params
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV, command_timeout
-from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, status_table
+from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, fleet_table, status_table
 from backfill.errors import ConfigurationError, DefinitionError, RunFailedError
+from backfill.fleet import Member
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
 from backfill.status import RunStatus
@@ -54,23 +55,86 @@ console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS")
 @click.option(
     "--database-url", envvar=DATABASE_URL_ENV, metavar="URL", help=f"Application database [env {DATABASE_URL_ENV}]."
 )
+@click.option(
+    "--fleet",
+    envvar=fleet.FLEET_ENV,
+    metavar="SPEC",
+    help="Many databases or tenant schemas: a TOML file, :callable in the app module, or NAME=URL pairs "
+    f"[env {fleet.FLEET_ENV}].",
+)
 @click.pass_context
-def main(ctx: click.Context, app_module: str | None, database_url: str | None) -> None:
+def main(ctx: click.Context, app_module: str | None, database_url: str | None, fleet: str | None) -> None:
     """Resumable, batched data migrations for large tables."""
     events.configure("ERROR")
-    ctx.obj = {"app": app_module, "database_url": database_url}
+    ctx.obj = {"app": app_module, "database_url": database_url, "fleet": fleet}
 
 
-def _app(ctx: click.Context, needed_by: str | None = None, *, short: bool = True) -> App:
-    """The app over the database; ``needed_by`` names a command that needs the definitions too
-    (every other command works with the database URL alone). A ``short`` command's statements
-    are bounded by ``BACKFILL_COMMAND_TIMEOUT``; batches and servers set their own limits."""
+def _app(ctx: click.Context, needed_by: str | None = None, *, short: bool = True, member: Member | None = None) -> App:
+    """The app over the database (or over one ``member`` of a fleet); ``needed_by`` names a
+    command that needs the definitions too (every other command works with the database URL
+    alone). A ``short`` command's statements are bounded by ``BACKFILL_COMMAND_TIMEOUT``;
+    batches and servers set their own limits."""
     return App.from_settings(
         app=ctx.obj["app"],
-        database_url=ctx.obj["database_url"],
+        database_url=member.url if member is not None else ctx.obj["database_url"],
         needed_by=needed_by,
         time_limit=command_timeout() if short else None,
+        schema=member.schema if member is not None else None,
     )
+
+
+MEMBER = click.option(
+    "--member",
+    "members",
+    multiple=True,
+    metavar="NAME",
+    help="Act on these fleet members only: a name or a glob (shard0*), repeatable [default: all].",
+)
+
+
+def _members(ctx: click.Context, patterns: Sequence[str]) -> list[Member | None]:
+    """What a command acts on: the fleet's members ``--member`` selects, or [None]: the one
+    database of a backfill without a fleet."""
+    members = fleet.load(ctx.obj["fleet"], ctx.obj["app"] or os.environ.get(APP_ENV))
+    if members is None:
+        if patterns:
+            raise click.UsageError(f"--member needs a fleet: declare it with --fleet or {fleet.FLEET_ENV}")
+        return [None]
+    return list(fleet.select(members, patterns))
+
+
+def _each(ctx: click.Context, patterns: Sequence[str], action: Callable[[Member | None], None]) -> None:
+    """``action`` for each member a command acts on. Without a fleet, once, as ever. In a fleet
+    a member's mistake or outage is its own: one line with its name, the other members go on,
+    and the command leaves by the worst exit code once all were tried."""
+    targets = _members(ctx, patterns)
+    if targets == [None]:
+        action(None)
+        return
+    worst = 0
+    for member in targets:
+        try:
+            action(member)
+        except SystemExit as exc:
+            if exc.code == 130:  # interrupted: the operator stops the whole command
+                raise
+            worst = max(worst, exc.code if isinstance(exc.code, int) else 1)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            verdict = judge(exc)
+            if verdict.cause is Cause.BUG:
+                raise
+            assert member is not None
+            click.echo(f"error: {member.name}: {verdict.message}", err=True)
+            worst = max(worst, verdict.exit_code)
+    if worst:
+        sys.exit(worst)
+
+
+def _on(member: Member | None) -> str:
+    """A line's prefix: the member it is about, in a fleet."""
+    return f"{member.name}: " if member is not None else ""
 
 
 def _actor() -> str:
@@ -165,11 +229,16 @@ def list_command(ctx: click.Context) -> None:
 
 
 @main.command("init-db")
+@MEMBER
 @click.pass_context
-def init_db(ctx: click.Context) -> None:
+def init_db(ctx: click.Context, members: tuple[str, ...]) -> None:
     """Create the checkpoint tables (backfill_runs, backfill_batches, backfill_events)."""
-    _app(ctx).init_db()
-    click.echo("checkpoint tables ready")
+
+    def init(member: Member | None) -> None:
+        _app(ctx, member=member).init_db()
+        click.echo(f"{_on(member)}checkpoint tables ready")
+
+    _each(ctx, members, init)
 
 
 BY = click.option("--by", metavar="TEXT", help="Who starts the run, kept on it (default: cli:user@host).")
@@ -196,16 +265,26 @@ PARAM = click.option(
 @click.argument("name")
 @BY
 @PARAM
+@MEMBER
 @tuning_options
 @click.pass_context
-def start(ctx: click.Context, /, name: str, by: str | None, params: dict[str, str], **overrides: Any) -> None:
+def start(
+    ctx: click.Context, /, name: str, by: str | None, params: dict[str, str], members: tuple[str, ...], **overrides: Any
+) -> None:
     """Start a run for workers to execute."""
-    run = _app(ctx, "backfill start").start(name, started_by=by or _actor(), params=params, **overrides)
-    with_params = f" with {run_params.shown(run.params)}" if run.params else ""
-    click.echo(
-        f"started {name}: run {run.id}{with_params}, {run.rows_total} rows"
-        f"{' (estimate)' if run.rows_total_estimated else ''}"
-    )
+    load(ctx.obj["app"], needed_by="backfill start").require(name)  # a name no member knows: said once
+
+    def start_on(member: Member | None) -> None:
+        run = _app(ctx, "backfill start", member=member).start(
+            name, started_by=by or _actor(), params=params, **overrides
+        )
+        with_params = f" with {run_params.shown(run.params)}" if run.params else ""
+        click.echo(
+            f"{_on(member)}started {name}: run {run.id}{with_params}, {run.rows_total} rows"
+            f"{' (estimate)' if run.rows_total_estimated else ''}"
+        )
+
+    _each(ctx, members, start_on)
 
 
 @main.command()
@@ -214,6 +293,7 @@ def start(ctx: click.Context, /, name: str, by: str | None, params: dict[str, st
 @click.option("--progress/--no-progress", default=True, help="Show a live progress bar.")
 @BY
 @PARAM
+@MEMBER
 @tuning_options
 @click.pass_context
 def run(
@@ -224,31 +304,38 @@ def run(
     progress: bool,
     by: str | None,
     params: dict[str, str],
+    members: tuple[str, ...],
     **overrides: Any,
 ) -> None:
-    """Run a backfill to completion in this process (continues its active run)."""
-    app = _app(ctx, "backfill run", short=False)
-    with ProgressBar(name, enabled=progress) as bar:
-        try:
-            final = app.run(
-                name,
-                threads=threads,
-                on_progress=bar.update,
-                on_wait=bar.waiting,
-                started_by=by or _actor(),
-                params=params,
-                **overrides,
-            )
-        except KeyboardInterrupt:
-            click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)
-            sys.exit(130)
-    report_end(measure(app.store, final))
+    """Run a backfill to completion in this process (continues its active run); in a fleet,
+    on each member in turn."""
+    load(ctx.obj["app"], needed_by="backfill run").require(name)
+
+    def run_on(member: Member | None) -> None:
+        app = _app(ctx, "backfill run", short=False, member=member)
+        with ProgressBar(f"{_on(member)}{name}", enabled=progress) as bar:
+            try:
+                final = app.run(
+                    name,
+                    threads=threads,
+                    on_progress=bar.update,
+                    on_wait=bar.waiting,
+                    started_by=by or _actor(),
+                    params=params,
+                    **overrides,
+                )
+            except KeyboardInterrupt:
+                click.echo(f"interrupted: `backfill run {name}` continues from the last checkpoint", err=True)
+                sys.exit(130)
+        report_end(measure(app.store, final), member)
+
+    _each(ctx, members, run_on)
 
 
-def report_end(progress: RunProgress) -> None:
+def report_end(progress: RunProgress, member: Member | None = None) -> None:
     run = progress.run
     summary = (
-        f"{run.name}: run {run.id} {run.status}: {run.rows_done} rows in {run.batches_done} batches, "
+        f"{_on(member)}{run.name}: run {run.id} {run.status}: {run.rows_done} rows in {run.batches_done} batches, "
         f"{progress.elapsed_seconds or 0:.1f}s, {progress.rate:,.0f} rows/s"
     )
     if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
@@ -264,9 +351,15 @@ def report_end(progress: RunProgress) -> None:
 @main.command()
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@MEMBER
 @click.pass_context
-def status(ctx: click.Context, /, name: str | None, as_json: bool) -> None:
-    """Show runs: progress, rate, ETA, errors; with NAME, its failed and recent batches too."""
+def status(ctx: click.Context, /, name: str | None, as_json: bool, members: tuple[str, ...]) -> None:
+    """Show runs: progress, rate, ETA, errors; with NAME, its failed and recent batches too. In a
+    fleet: a line per member and run, and each backfill's total."""
+    targets = _members(ctx, members)
+    if targets != [None]:
+        _fleet_status(ctx, [m for m in targets if m is not None], name, as_json)
+        return
     app = _app(ctx)
     if name is not None:
         details = app.details(name)
@@ -282,6 +375,20 @@ def status(ctx: click.Context, /, name: str | None, as_json: bool) -> None:
         click.echo("no runs yet")
     else:
         console.print(status_table(runs))
+
+
+def _fleet_status(ctx: click.Context, members: list[Member], name: str | None, as_json: bool) -> None:
+    """Every member's runs (the newest of each backfill), and where a member could not be read,
+    why: a member down is a line of the table, not the end of the command (exit 1 after it)."""
+    found = fleet_status.gather(members, lambda member: _app(ctx, member=member), name)
+    if as_json:
+        click.echo(json.dumps(found.to_json(), indent=2))
+    elif not found.rows and not found.unreadable:
+        click.echo("no runs yet")
+    else:
+        console.print(fleet_table(found))
+    if found.unreadable:
+        sys.exit(1)
 
 
 @main.command()
@@ -314,18 +421,45 @@ def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
 @main.command()
 @click.argument("names", nargs=-1, required=True)
 @click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 3).")
+@MEMBER
 @click.pass_context
-def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None) -> None:
-    """Block until the runs end: exit 0 all finished, 1 one failed or was cancelled, 3 timeout."""
-    result = _app(ctx).wait(names, timeout=timeout, on_wait=OutageNotice())
-    for run in result.runs:
-        click.echo(
-            f"{run.name}: run {run.id} {run.status}, {run.rows_done:,} rows, {run.batches_failed} failed batches"
-        )
-    if result.timed_out:
+def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None, members: tuple[str, ...]) -> None:
+    """Block until the runs end: exit 0 all finished, 1 one failed or was cancelled, 3 timeout.
+    In a fleet, on every member: 0 only when every member's runs finished, and the members
+    that did not are listed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    unfinished: list[str] = []
+    timed_out = False
+
+    def wait_on(member: Member | None) -> None:
+        nonlocal timed_out
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            result = _app(ctx, member=member).wait(names, timeout=left, on_wait=OutageNotice())
+        except Exception:
+            unfinished.append(member.name if member is not None else "")  # why: its own line
+            raise
+        for run in result.runs:
+            click.echo(
+                f"{_on(member)}{run.name}: run {run.id} {run.status}, {run.rows_done:,} rows, "
+                f"{run.batches_failed} failed batches"
+            )
+            if member is not None and run.status is not RunStatus.FINISHED:
+                unfinished.append(f"{member.name} ({run.name} {run.status})")
+        timed_out = timed_out or result.timed_out
+        if member is None and not result.timed_out and not result.all_finished:
+            sys.exit(1)
+
+    try:
+        _each(ctx, members, wait_on)
+    finally:
+        listed = [u for u in unfinished if u]
+        if listed:
+            click.echo(f"not finished on {len(listed)} member(s): {', '.join(listed)}", err=True)
+    if timed_out:
         click.echo(f"timed out after {timeout:g}s", err=True)
         sys.exit(3)
-    if not result.all_finished:
+    if unfinished:
         sys.exit(1)
 
 
@@ -346,16 +480,22 @@ def estimate(
 
 @main.command()
 @click.argument("name")
+@MEMBER
 @tuning_options
 @click.pass_context
-def tune(ctx: click.Context, /, name: str, **overrides: Any) -> None:
+def tune(ctx: click.Context, /, name: str, members: tuple[str, ...], **overrides: Any) -> None:
     """Change a running run's settings; batches planned from now on use them."""
-    run = _app(ctx).tune(name, actor=_actor(), **overrides)
-    t = run.tuning
-    click.echo(
-        f"{name}: run {run.id} now batch size {t.batch_size}, parallelism {t.parallelism}, "
-        f"max attempts {t.max_attempts}, statement timeout {t.statement_timeout:g}s, lock timeout {t.lock_timeout:g}s"
-    )
+
+    def tune_on(member: Member | None) -> None:
+        run = _app(ctx, member=member).tune(name, actor=_actor(), **overrides)
+        t = run.tuning
+        click.echo(
+            f"{_on(member)}{name}: run {run.id} now batch size {t.batch_size}, parallelism {t.parallelism}, "
+            f"max attempts {t.max_attempts}, statement timeout {t.statement_timeout:g}s, "
+            f"lock timeout {t.lock_timeout:g}s"
+        )
+
+    _each(ctx, members, tune_on)
 
 
 @main.command()
@@ -459,10 +599,14 @@ def dashboard(ctx: click.Context, /, host: str, port: int) -> None:
 def _operator(verb: str, help_text: str) -> None:
     @main.command(verb, help=help_text)
     @click.argument("name")
+    @MEMBER
     @click.pass_context
-    def command(ctx: click.Context, name: str) -> None:
-        run = getattr(_app(ctx), verb)(name, actor=_actor())
-        click.echo(f"{name}: run {run.id} is {run.status}")
+    def command(ctx: click.Context, name: str, members: tuple[str, ...]) -> None:
+        def act(member: Member | None) -> None:
+            run = getattr(_app(ctx, member=member), verb)(name, actor=_actor())
+            click.echo(f"{_on(member)}{name}: run {run.id} is {run.status}")
+
+        _each(ctx, members, act)
 
 
 _operator("pause", "Stop starting new batches; in-flight batches finish.")
@@ -473,14 +617,19 @@ _operator("cancel", "Stop a run for good and mark it cancelled.")
 @main.command()
 @click.argument("name")
 @click.option("--split", is_flag=True, help="Cut each failed batch into two smaller ones.")
+@MEMBER
 @click.pass_context
-def retry(ctx: click.Context, /, name: str, split: bool) -> None:
+def retry(ctx: click.Context, /, name: str, split: bool, members: tuple[str, ...]) -> None:
     """Re-queue the failed batches; a failed run becomes running again."""
-    run, requeued = _app(ctx).retry(name, split=split, actor=_actor())
-    click.echo(
-        f"{name}: {requeued} failed batch(es) re-queued{' in halves' if split else ''}; run {run.id} is {run.status} "
-        f"(workers pick it up, or `backfill run {name}` runs it here)"
-    )
+
+    def retry_on(member: Member | None) -> None:
+        run, requeued = _app(ctx, member=member).retry(name, split=split, actor=_actor())
+        click.echo(
+            f"{_on(member)}{name}: {requeued} failed batch(es) re-queued{' in halves' if split else ''}; "
+            f"run {run.id} is {run.status} (workers pick it up, or `backfill run {name}` runs it here)"
+        )
+
+    _each(ctx, members, retry_on)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning
 
 from backfill import environment
@@ -114,9 +114,13 @@ def options_refused(url: URL, exc: Exception) -> ConfigurationError:
     )
 
 
-def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwargs: Any) -> Engine:
+def make_engine(
+    raw: str | URL | None, *, time_limit: int | None = None, schema: str | None = None, **kwargs: Any
+) -> Engine:
     """An engine for ``raw``; ``time_limit`` (seconds) bounds each statement and lock wait of
-    every session it opens — for short commands, never for batches or migrations."""
+    every session it opens — for short commands, never for batches or migrations. ``schema``
+    (PostgreSQL): a tenant's schema, where every table without a schema of its own is found
+    (``in_schema``)."""
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
@@ -164,7 +168,31 @@ def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwarg
         event.listen(engine, "connect", _no_read_timeout_once_connected)
     if time_limit is not None and engine.dialect.name in {"mysql", "mariadb"}:
         event.listen(engine, "connect", functools.partial(_limit_mysql_session, time_limit))
-    return engine
+    return in_schema(engine, schema) if schema is not None else engine
+
+
+def in_schema(engine: Engine, schema: str) -> Engine:
+    """The engine with ``schema`` in place of every table that names none: SQLAlchemy's tables
+    (the checkpoint tables, a backfill's reflected table) through ``schema_translate_map``, and
+    the SQL of a backfill's ``work`` through the session's ``search_path`` — the schema alone,
+    so a table the tenant lacks is an error rather than another schema's table. The name is
+    quoted by the server (``quote_ident``), never pasted."""
+    if engine.dialect.name != "postgresql":
+        raise ConfigurationError(f"schema {schema!r}: a tenant schema needs PostgreSQL, not {engine.dialect.name}")
+
+    @event.listens_for(engine, "connect")
+    def _search_path(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
+        dbapi_connection.commit()
+
+    return engine.execution_options(schema_translate_map={None: schema})
+
+
+def schema_of(bind: Engine | Connection, table: Table) -> str | None:
+    """Where ``table`` is on ``bind``: its own schema, or the tenant's the bind puts it in."""
+    translate = bind.get_execution_options().get("schema_translate_map") or {}
+    return translate.get(table.schema, table.schema)
 
 
 def _limit_mysql_session(seconds: int, dbapi_connection: Any, _record: Any) -> None:

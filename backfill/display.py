@@ -9,6 +9,7 @@ from rich.table import Table
 from backfill import params as run_params
 from backfill.app import RunDetails, action
 from backfill.estimate import Estimate
+from backfill.fleet_status import FleetStatus
 from backfill.progress import RunProgress, duration
 from backfill.status import RunStatus
 from backfill.store import Run
@@ -115,6 +116,55 @@ def status_table(runs: list[RunProgress]) -> Table:
             duration(p.elapsed_seconds),
             (run.last_error or "")[:80],
         )
+    return table
+
+
+def fleet_table(found: FleetStatus) -> Table:
+    """A line per member and run, each backfill's fleet total after its members (the total's
+    ETA is its slowest member's), and the members that could not be read, with why."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("member", "backfill", "run", "status", "progress", "rows", "failed batches", "rate", "ETA",
+                   "last error"):  # fmt: skip
+        table.add_column(column, overflow="fold" if column == "last error" else "ellipsis")
+    totals = {t.name: t for t in found.totals}
+    for index, (member, p) in enumerate(found.rows):
+        run, data = p.run, p.to_json()
+        total = "?" if data["rows_total"] is None else f"{data['rows_total']:,}"
+        percent = "" if data["percent"] is None else f" {data['percent']:.1f}%"
+        status = run.status.value + (f" (held: {data['held_reason']})" if data["held_reason"] else "")
+        table.add_row(
+            member.name,
+            run.name,
+            str(run.id),
+            status,
+            _bar(p.fraction) + percent,
+            f"{run.rows_done:,} / {total}",
+            str(run.batches_failed),
+            f"{p.rate:,.0f}/s",
+            duration(p.eta_seconds),
+            (run.last_error or "")[:80],
+        )
+        last_of_name = index + 1 == len(found.rows) or found.rows[index + 1][1].run.name != run.name
+        if last_of_name:
+            t = totals[run.name]
+            statuses = ", ".join(f"{n} {s}" for s, n in sorted(t.statuses.items()))
+            table.add_row(
+                f"[bold]all {t.members}[/bold]",
+                f"[bold]{t.name}[/bold]",
+                "",
+                f"[bold]{t.finished} of {t.members} finished[/bold]"
+                + (f" ({statuses})" if t.finished < t.members else ""),
+                _bar(None if t.percent is None else t.percent / 100)
+                + ("" if t.percent is None else f" {t.percent:.1f}%"),
+                f"{t.rows_done:,} / {'?' if t.rows_total is None else f'{t.rows_total:,}'}",
+                str(t.batches_failed),
+                f"{t.rate:,.0f}/s",
+                duration(t.eta_seconds),
+                "",
+                end_section=True,
+            )
+    for member, why in found.unreadable:
+        table.add_row(member.name, "", "", "unreadable", "", "", "", "", "", why)
     return table
 
 

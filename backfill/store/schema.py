@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateTable
 
 from backfill import tables
-from backfill.database import reading
+from backfill.database import reading, schema_of
 from backfill.errors import ConfigurationError, StoreMissingError
 
 
@@ -32,7 +32,11 @@ def create_checkpoint_tables(bind: Engine | Connection) -> None:
         if connection.dialect.name not in ("mysql", "mariadb"):
             tables.metadata.create_all(connection)
             return
-        missing = [t for t in tables.metadata.sorted_tables if not inspect(connection).has_table(t.name, t.schema)]
+        missing = [
+            t
+            for t in tables.metadata.sorted_tables
+            if not inspect(connection).has_table(t.name, schema_of(connection, t))
+        ]
     created: list[Table] = []
     try:
         for table in missing:
@@ -67,7 +71,7 @@ def check_checkpoint_tables(bind: Engine | Connection) -> None:
         return
     inspector = inspect(bind)
     _refuse_foreign_tables(inspector)
-    if not all(inspector.has_table(t.name, t.schema) for t in tables.metadata.sorted_tables):
+    if not all(inspector.has_table(t.name, schema_of(inspector.bind, t)) for t in tables.metadata.sorted_tables):
         raise StoreMissingError(
             "the checkpoint tables (backfill_runs, backfill_batches, backfill_events) do not exist in this "
             "database: run `backfill init-db`, or op.create_backfill_tables() in a migration"
@@ -108,9 +112,10 @@ adds them to an existing installation in place. A table lacking any other column
 def _missing_columns(inspector: Inspector) -> list[tuple[Table, list[Column[Any]]]]:
     found = []
     for table in tables.metadata.sorted_tables:
-        if not inspector.has_table(table.name, table.schema):
+        schema = schema_of(inspector.bind, table)
+        if not inspector.has_table(table.name, schema):
             continue
-        present = {c["name"] for c in inspector.get_columns(table.name, table.schema)}
+        present = {c["name"] for c in inspector.get_columns(table.name, schema)}
         lacking = [c for c in table.columns if c.name not in present]
         if lacking:
             found.append((table, lacking))
@@ -128,7 +133,7 @@ def _add_missing_columns(connection: Connection) -> None:
     operations = Operations(MigrationContext.configure(connection))
     for table, columns in missing:
         for column in columns:
-            operations.add_column(table.name, column.copy(), schema=table.schema)
+            operations.add_column(table.name, column.copy(), schema=schema_of(connection, table))
 
 
 def _refuse_foreign_tables(inspector: Inspector) -> None:

@@ -1,0 +1,221 @@
+"""One backfill across a fleet: two PostgreSQL databases and two tenant schemas, driven through
+the real ``backfill`` command as an operator drives it; every row done exactly once on every
+member, each member's checkpoints beside its own data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from backfill.errors import ConfigurationError
+from backfill.fleet import Member, load, select
+from tests.apps.fleet_app import TENANTS_ENV
+from tests.conftest import ROOT, SERVERS, database_of_this_run
+from tests.helpers import one_error_line
+
+ROWS = {"shard_a": 500, "shard_b": 700, "tenant_t1": 300, "tenant_t2": 200}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    file: Path
+    members: dict[str, Member]
+
+    def cli(self, *args: str, fleet: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "BACKFILL_APP": "tests.apps.fleet_app", "COLUMNS": "200", **env}
+        environment["BACKFILL_FLEET"] = fleet if fleet is not None else str(self.file)
+        environment.pop("BACKFILL_DATABASE_URL", None)
+        return subprocess.run(
+            [sys.executable, "-m", "backfill", *args], cwd=ROOT, env=environment, capture_output=True, text=True,
+            timeout=180,
+        )  # fmt: skip
+
+    def rows(self, name: str) -> tuple[int, int, int]:
+        """(rows, sum of n, rows with v set) of a member's table."""
+        member = self.members[name]
+        engine = create_engine(member.url)
+        table = f'"{member.schema}".fleet_items' if member.schema else "fleet_items"
+        try:
+            with engine.connect() as connection:
+                found = connection.execute(text(f"SELECT count(*), sum(n), count(v) FROM {table}")).one()
+        finally:
+            engine.dispose()
+        return int(found[0]), int(found[1]), int(found[2])
+
+    def checkpoint_schemas(self, url: str) -> set[str]:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                return set(
+                    connection.execute(
+                        text("SELECT schemaname FROM pg_tables WHERE tablename = 'backfill_runs'")
+                    ).scalars()
+                )
+        finally:
+            engine.dispose()
+
+
+def _fill(url: str, schema: str | None, rows: int) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    where = f'"{schema}".' if schema else ""
+    with engine.connect() as connection:
+        if schema:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        connection.execute(text(f"CREATE TABLE {where}fleet_items (id int PRIMARY KEY, n int NOT NULL, v int)"))
+        connection.execute(text(f"INSERT INTO {where}fleet_items SELECT g, g, NULL FROM generate_series(1, {rows}) g"))
+    engine.dispose()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    first = database_of_this_run(SERVERS["postgres"])
+    second = database_of_this_run(SERVERS["postgres"])
+    url_a, url_b = next(first), next(second)
+    members = {
+        "shard_a": Member("shard_a", url_a),
+        "shard_b": Member("shard_b", url_b),
+        "tenant_t1": Member("tenant_t1", url_a, "t1"),
+        "tenant_t2": Member("tenant_t2", url_a, "t2"),
+    }
+    for name, member in members.items():
+        _fill(member.url, member.schema, ROWS[name])
+    file = tmp_path / "fleet.toml"
+    file.write_text(
+        f'url = "{url_a}"\n\n[members.shard_a]\n\n[members.shard_b]\nurl = "{url_b}"\n\n'
+        '[members.tenant_t1]\nschema = "t1"\n\n[members.tenant_t2]\nschema = "t2"\n'
+    )
+    yield Fleet(file, members)
+    for generator in (first, second):
+        next(generator, None)
+
+
+def test_one_backfill_runs_on_every_member_exactly_once_and_reports_as_one(fleet: Fleet) -> None:
+    ready = fleet.cli("init-db")
+    assert ready.returncode == 0, ready.stderr
+    assert ready.stdout.splitlines() == [f"{name}: checkpoint tables ready" for name in ROWS]
+    # each member's checkpoints beside its data: in its database, or in its tenant's schema
+    assert fleet.checkpoint_schemas(fleet.members["shard_a"].url) == {"public", "t1", "t2"}
+    assert fleet.checkpoint_schemas(fleet.members["shard_b"].url) == {"public"}
+
+    started = fleet.cli("start", "items_v", "--member", "tenant_*")
+    assert started.returncode == 0, started.stderr
+    assert [line.split(":")[0] for line in started.stdout.splitlines()] == ["tenant_t1", "tenant_t2"]
+    assert "tenant_t1: started items_v: run 1, 300 rows" in started.stdout
+
+    # shards without a run yet: the fleet is not finished, and wait says where
+    waited = fleet.cli("wait", "items_v", "--timeout", "1")
+    assert waited.returncode != 0
+    assert "error: shard_a: " in waited.stderr and "has never run" in waited.stderr
+    assert "not finished on 4 member(s): shard_a, shard_b, tenant_t1 (items_v running), tenant_t2" in waited.stderr
+
+    ran = fleet.cli("run", "items_v", "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    for name, rows in ROWS.items():
+        assert f"{name}: items_v: run 1 finished: {rows} rows" in ran.stdout
+        # every row once: n went up by exactly one on every row of every member
+        assert fleet.rows(name) == (rows, rows * (rows + 1) // 2 + rows, rows)
+
+    status = fleet.cli("status", "items_v")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    for name, rows in ROWS.items():
+        assert any(line.startswith(name) and "finished" in line and f"{rows:,} / {rows:,}" in line for line in lines)
+    total = sum(ROWS.values())
+    assert any(
+        line.startswith("all 4") and "4 of 4 finished" in line and f"{total:,} / {total:,}" in line for line in lines
+    )
+
+    waited = fleet.cli("wait", "items_v")
+    assert waited.returncode == 0, waited.stderr
+    assert len(waited.stdout.splitlines()) == 4
+
+
+def test_a_member_that_is_down_is_its_own_line_and_the_rest_go_on(fleet: Fleet, tmp_path: Path) -> None:
+    down = (
+        make_url(fleet.members["shard_b"].url).set(port=1, password="s3cret-pw").render_as_string(hide_password=False)
+    )
+    file = tmp_path / "with_one_down.toml"
+    file.write_text(fleet.file.read_text().replace(f'url = "{fleet.members["shard_b"].url}"', f'url = "{down}"'))
+    ready = fleet.cli("init-db", fleet=str(file))
+    assert ready.returncode == 1
+    assert "shard_a: checkpoint tables ready" in ready.stdout and "tenant_t2: checkpoint tables ready" in ready.stdout
+    assert ready.stderr.startswith("error: shard_b: cannot connect to")
+    assert "Traceback" not in ready.stderr and "s3cret-pw" not in ready.stderr + ready.stdout
+
+    started = fleet.cli("start", "items_v", fleet=str(file))
+    assert started.returncode == 1
+    assert started.stdout.count("started items_v") == 3
+
+    status = fleet.cli("status", fleet=str(file))
+    assert status.returncode == 1
+    row = next(line for line in status.stdout.splitlines() if line.startswith("shard_b"))
+    assert "unreadable" in row and "s3cret-pw" not in status.stdout
+    members_running = [
+        line.split()[0] for line in status.stdout.splitlines() if line.split()[1:4] == ["items_v", "1", "running"]
+    ]
+    assert members_running == ["shard_a", "tenant_t1", "tenant_t2"]
+    assert any(
+        line.startswith("all 3") and "0 of 3 finished (3 running)" in line for line in status.stdout.splitlines()
+    )
+
+
+def test_members_from_a_callable_in_the_definitions_module(fleet: Fleet) -> None:
+    tenants = f"{fleet.members['shard_a'].url}|t1,t2"
+    ready = fleet.cli("init-db", fleet=":tenants", **{TENANTS_ENV: tenants})
+    assert ready.returncode == 0, ready.stderr
+    ran = fleet.cli(
+        "run", "items_v", "--no-progress", "--member", "tenant_t2", fleet=":tenants", **{TENANTS_ENV: tenants}
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("tenant_t2: items_v: run 1 finished: 200 rows")
+    assert fleet.rows("tenant_t2") == (200, 200 * 201 // 2 + 200, 200)
+    assert fleet.rows("tenant_t1")[2] == 0  # not selected: untouched
+
+
+@pytest.mark.parametrize(
+    ("spec", "args", "expected"),
+    [
+        ("/no/such/fleet.toml", ["status"], "fleet file '/no/such/fleet.toml' does not exist"),
+        ("a=postgresql://u@h/db a=postgresql://u@h/db2", ["status"], "names member 'a' twice"),
+        ("a=postgresql://u@h/db", ["status", "--member", "b*"], "no fleet member matches --member 'b*'"),
+        ("bad name=postgresql://u@h/db", ["status"], "is not NAME=URL"),
+        (":no_such_callable", ["status"], "has no callable 'no_such_callable'"),
+        ("", ["status", "--member", "a"], "--member needs a fleet"),
+    ],
+)
+def test_a_bad_fleet_is_one_line(fleet: Fleet, spec: str, args: list[str], expected: str) -> None:
+    result = fleet.cli(*args, fleet=spec)
+    assert result.returncode == 2
+    assert expected in one_error_line(result)
+
+
+def test_fleet_declarations_are_read_and_checked(tmp_path: Path) -> None:
+    file = tmp_path / "fleet.toml"
+    file.write_text('url = "postgresql://app:pw@db/app"\n[members.acme]\nschema = "tenant_acme"\n[members.s2]\n'
+                    'url = "mysql+pymysql://root@h/db"\n')  # fmt: skip
+    members = load(str(file))
+    assert members == (
+        Member("acme", "postgresql://app:pw@db/app", "tenant_acme"),
+        Member("s2", "mysql+pymysql://root@h/db"),
+    )
+    assert "pw" not in members[0].describe() and "schema tenant_acme" in members[0].describe()
+    assert select(members, ["s*"]) == (members[1],)
+    assert load(None) is None and load("  ") is None
+    for bad, said in [
+        ('[members.x]\nschema = "t"\nurl = "mysql+pymysql://root@h/db"\n', "a tenant schema needs PostgreSQL"),
+        ("[members.x]\n", "has no database URL"),
+        ('[members.x]\nurl = "postgresql://h/db"\nport = 5\n', "unknown key(s) port"),
+        ("members = [", "is not valid TOML"),
+        ('url = "postgresql://h/db"\n', "has no [members.NAME] tables"),
+    ]:
+        file.write_text(bad)
+        with pytest.raises(ConfigurationError, match=None) as raised:
+            load(str(file))
+        assert said in str(raised.value)
