@@ -669,8 +669,14 @@ def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, c
 
 def _export(ctx: click.Context, command: str) -> None:
     """Workers read their settings from the environment: hand them the CLI's options, after
-    checking that the definitions load and the database answers."""
-    _app(ctx, command, short=False).store.check_tables()
+    checking that the definitions load and the database answers. In a fleet the declaration is
+    checked; a member that is down is said by the ticks and served once it is back."""
+    if _members(ctx, ()) == [None]:
+        _app(ctx, command, short=False).store.check_tables()
+    else:
+        load(ctx.obj["app"], needed_by=command)
+        if ctx.obj["fleet"]:
+            os.environ[fleet.FLEET_ENV] = ctx.obj["fleet"]
     if ctx.obj["app"]:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:

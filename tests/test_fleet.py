@@ -5,6 +5,7 @@ member, each member's checkpoints beside its own data."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,13 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from sqlalchemy import create_engine, make_url, text
 
+from backfill import App, BatchStatus
 from backfill.errors import ConfigurationError
 from backfill.fleet import Member, load, select
+from backfill.store import BatchRecord
 from tests.apps.fleet_app import TENANTS_ENV
-from tests.conftest import ROOT, SERVERS, database_of_this_run
-from tests.helpers import one_error_line
+from tests.conftest import ROOT, SERVERS, database_of_this_run, service_missing
+from tests.helpers import one_error_line, wait_for
+from tests.workers_cluster import REDIS_START, REDIS_URL, TEST_SETTINGS, Cluster
 
 ROWS = {"shard_a": 500, "shard_b": 700, "tenant_t1": 300, "tenant_t2": 200}
 
@@ -219,3 +224,44 @@ def test_fleet_declarations_are_read_and_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigurationError, match=None) as raised:
             load(str(file))
         assert said in str(raised.value)
+
+
+def test_one_celery_deployment_serves_every_member(fleet: Fleet, tmp_path: Path) -> None:
+    """Two workers and one scheduler for the whole fleet: each message names its member, and a
+    worker SIGKILLed mid-run costs nothing but a retried batch."""
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", REDIS_START, exc)
+    assert fleet.cli("init-db").returncode == 0
+    started = fleet.cli("start", "items_v_slow", "--batch-size", "50")
+    assert started.returncode == 0, started.stderr
+    cluster = Cluster(
+        fleet.members["shard_a"].url, tmp_path, app="tests.apps.fleet_app", label="fleet",
+        BACKFILL_FLEET=str(fleet.file), **TEST_SETTINGS,
+    )  # fmt: skip
+    shard_b = App.from_settings(app=None, database_url=fleet.members["shard_b"].url).store
+    try:
+        cluster.start_worker("w1", concurrency=2)
+        cluster.start_worker("w2", concurrency=2)
+        cluster.start_scheduler()
+
+        def running_batch() -> BatchRecord | None:
+            run = shard_b.latest_run("items_v_slow")
+            running = shard_b.batches_of(run.id, BatchStatus.RUNNING) if run and run.batches_done >= 2 else []
+            return running[0] if running else None
+
+        victim = wait_for(running_batch, timeout=60, what="a running batch of shard_b after two done")
+        assert victim.worker is not None
+        os.kill(int(victim.worker.split(":")[1]), signal.SIGKILL)
+        waited = fleet.cli("wait", "items_v_slow", "--timeout", "120")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+    finally:
+        cluster.stop(graceful=False)
+    for name, rows in ROWS.items():
+        assert fleet.rows(name) == (rows, rows * (rows + 1) // 2 + rows, rows)
+    run = shard_b.latest_run("items_v_slow")
+    assert run is not None
+    again = next(b for b in shard_b.batches_of(run.id) if b.id == victim.id)
+    assert again.attempts >= 2 and again.status is BatchStatus.SUCCEEDED
+    shard_b.engine.dispose()

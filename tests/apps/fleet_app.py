@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from backfill import Backfill, Member
+from sqlalchemy import text
+
+from backfill import Backfill, Batch, Member
 
 items_v = Backfill(
     name="items_v",
@@ -23,3 +27,16 @@ def tenants() -> list[Member]:
     (``URL|schema,schema``)."""
     url, _, schemas = os.environ[TENANTS_ENV].partition("|")
     return [Member(f"tenant_{schema}", url, schema) for schema in schemas.split(",")]
+
+
+def _slowly(connection: Any, batch: Batch) -> int:
+    """The same work, holding each batch a while: a worker killed mid-run is killed mid-batch."""
+    done = connection.execute(
+        text("UPDATE fleet_items SET v = n * 2, n = n + 1 WHERE id BETWEEN :first AND :last AND v IS NULL"),
+        {"first": batch.first[0], "last": batch.last[0]},
+    ).rowcount
+    time.sleep(0.05)
+    return int(done)
+
+
+items_v_slow = Backfill(name="items_v_slow", table="fleet_items", key="id", work=_slowly, columns="v")
