@@ -34,7 +34,7 @@ from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
 from backfill.database import DATABASE_URL_ENV, command_timeout
 from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, fleet_table, status_table
-from backfill.errors import ConfigurationError, DefinitionError, RunFailedError
+from backfill.errors import ConfigurationError, DefinitionError, RunFailedError, RunStateError
 from backfill.fleet import Member
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
@@ -103,18 +103,36 @@ def _members(ctx: click.Context, patterns: Sequence[str]) -> list[Member | None]
     return list(fleet.select(members, patterns))
 
 
-def _each(ctx: click.Context, patterns: Sequence[str], action: Callable[[Member | None], None]) -> None:
+def _each(
+    ctx: click.Context,
+    patterns: Sequence[str],
+    action: Callable[[Member | None], None],
+    *,
+    where_it_applies: bool = False,
+) -> None:
     """``action`` for each member a command acts on. Without a fleet, once, as ever. In a fleet
     a member's mistake or outage is its own: one line with its name, the other members go on,
-    and the command leaves by the worst exit code once all were tried."""
+    and the command leaves by the worst exit code once all were tried. ``where_it_applies``: an
+    operator's action over the fleet (pause, retry...) skips, in a line, the members whose run
+    is not in a state it applies to (finished already, nothing failed), and is a mistake only
+    when it applies to none."""
     targets = _members(ctx, patterns)
     if targets == [None]:
         action(None)
         return
     worst = 0
+    skipped: list[str] = []
     for member in targets:
         try:
             action(member)
+        except RunStateError as exc:
+            assert member is not None
+            if not where_it_applies:
+                click.echo(f"error: {member.name}: {one_line(str(exc))}", err=True)
+                worst = max(worst, exc.exit_code)
+                continue
+            click.echo(f"{member.name}: skipped: {one_line(str(exc))}")
+            skipped.append(str(exc))
         except SystemExit as exc:
             if exc.code == 130:  # interrupted: the operator stops the whole command
                 raise
@@ -128,6 +146,8 @@ def _each(ctx: click.Context, patterns: Sequence[str], action: Callable[[Member 
             assert member is not None
             click.echo(f"error: {member.name}: {verdict.message}", err=True)
             worst = max(worst, verdict.exit_code)
+    if skipped and len(skipped) == len(targets):
+        raise RunStateError(f"on no member of the fleet: {skipped[0]}")
     if worst:
         sys.exit(worst)
 
@@ -335,7 +355,7 @@ def run(
 def report_end(progress: RunProgress, member: Member | None = None) -> None:
     run = progress.run
     summary = (
-        f"{_on(member)}{run.name}: run {run.id} {run.status}: {run.rows_done} rows in {run.batches_done} batches, "
+        f"{run.name}: run {run.id} {run.status}: {run.rows_done} rows in {run.batches_done} batches, "
         f"{progress.elapsed_seconds or 0:.1f}s, {progress.rate:,.0f} rows/s"
     )
     if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
@@ -345,7 +365,7 @@ def report_end(progress: RunProgress, member: Member | None = None) -> None:
             if run.status is RunStatus.FAILED
             else summary
         )
-    click.echo(summary)
+    click.echo(f"{_on(member)}{summary}")
 
 
 @main.command()
@@ -495,7 +515,7 @@ def tune(ctx: click.Context, /, name: str, members: tuple[str, ...], **overrides
             f"lock timeout {t.lock_timeout:g}s"
         )
 
-    _each(ctx, members, tune_on)
+    _each(ctx, members, tune_on, where_it_applies=True)
 
 
 @main.command()
@@ -505,6 +525,7 @@ def tune(ctx: click.Context, /, name: str, members: tuple[str, ...], **overrides
 @click.option("--query", metavar="SQL", help="Hold while this query returns a row (checked as the run goes).")
 @click.option("--reason", metavar="TEXT", help="Why, kept with the throttle and shown as the run's hold.")
 @click.option("--off", is_flag=True, help="Lift the throttle.")
+@MEMBER
 @click.pass_context
 def throttle(
     ctx: click.Context,
@@ -515,23 +536,32 @@ def throttle(
     query: str | None,
     reason: str | None,
     off: bool,
+    members: tuple[str, ...],
 ) -> None:
     """Hold a run for a while, or while a query returns a row: no batch starts in any worker."""
-    app = _app(ctx)
-    if off:
-        if for_ or until or query:
-            raise click.UsageError("--off lifts the throttle: give it alone")
-        run = app.unthrottle(name, actor=_actor())
-        click.echo(f"{name}: run {run.id} is no longer throttled")
-        return
-    seconds = throttle_seconds(for_, until)
-    if seconds is None and not query:
+    if off and (for_ or until or query):
+        raise click.UsageError("--off lifts the throttle: give it alone")
+    seconds = None if off else throttle_seconds(for_, until)
+    if not off and seconds is None and not query:
         raise click.UsageError("say how long (--for 10m, --until TIME) or while what (--query SQL), or --off")
-    run = app.throttle(name, seconds=seconds, query=query, reason=reason, actor=_actor())
-    parts = [f"for {seconds:,.0f}s" if seconds is not None else "", f"while {query!r} returns a row" if query else ""]
-    click.echo(
-        f"{name}: run {run.id} throttled {' and '.join(p for p in parts if p)}: `backfill throttle {name} --off` lifts it"
-    )
+
+    def throttle_on(member: Member | None) -> None:
+        app = _app(ctx, member=member)
+        if off:
+            run = app.unthrottle(name, actor=_actor())
+            click.echo(f"{_on(member)}{name}: run {run.id} is no longer throttled")
+            return
+        run = app.throttle(name, seconds=seconds, query=query, reason=reason, actor=_actor())
+        parts = [
+            f"for {seconds:,.0f}s" if seconds is not None else "",
+            f"while {query!r} returns a row" if query else "",
+        ]
+        click.echo(
+            f"{_on(member)}{name}: run {run.id} throttled {' and '.join(p for p in parts if p)}: "
+            f"`backfill throttle {name} --off` lifts it"
+        )
+
+    _each(ctx, members, throttle_on, where_it_applies=True)
 
 
 def throttle_seconds(for_: str | None, until: str | None) -> float | None:
@@ -606,7 +636,7 @@ def _operator(verb: str, help_text: str) -> None:
             run = getattr(_app(ctx, member=member), verb)(name, actor=_actor())
             click.echo(f"{_on(member)}{name}: run {run.id} is {run.status}")
 
-        _each(ctx, members, act)
+        _each(ctx, members, act, where_it_applies=True)
 
 
 _operator("pause", "Stop starting new batches; in-flight batches finish.")
@@ -629,7 +659,7 @@ def retry(ctx: click.Context, /, name: str, split: bool, members: tuple[str, ...
             f"run {run.id} is {run.status} (workers pick it up, or `backfill run {name}` runs it here)"
         )
 
-    _each(ctx, members, retry_on)
+    _each(ctx, members, retry_on, where_it_applies=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

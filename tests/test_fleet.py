@@ -265,3 +265,41 @@ def test_one_celery_deployment_serves_every_member(fleet: Fleet, tmp_path: Path)
     again = next(b for b in shard_b.batches_of(run.id) if b.id == victim.id)
     assert again.attempts >= 2 and again.status is BatchStatus.SUCCEEDED
     shard_b.engine.dispose()
+
+
+def test_operator_actions_apply_where_they_can_and_a_poisoned_member_fails_alone(fleet: Fleet) -> None:
+    assert fleet.cli("init-db").returncode == 0
+    assert fleet.cli("run", "items_v", "--no-progress", "--member", "shard_a").returncode == 0
+    assert fleet.cli("start", "items_v", "--member", "tenant_*").returncode == 0
+
+    paused = fleet.cli("pause", "items_v")
+    assert paused.returncode == 0, paused.stderr
+    assert "shard_a: skipped: backfill 'items_v' has no active run: its latest run (1) is finished" in paused.stdout
+    assert "shard_b: skipped: backfill 'items_v' has no active run: it has never run" in paused.stdout
+    assert (
+        "tenant_t1: items_v: run 1 is paused" in paused.stdout
+        and "tenant_t2: items_v: run 1 is paused" in paused.stdout
+    )
+
+    nowhere = fleet.cli("cancel", "items_v", "--member", "shard_*")
+    assert nowhere.returncode == 2
+    assert "on no member of the fleet: backfill 'items_v' has no active run" in nowhere.stderr
+    assert "tenant" not in nowhere.stdout
+
+    assert fleet.cli("resume", "items_v", "--member", "tenant_*").returncode == 0
+    # tenant_t1's data is poisoned: n * 2 overflows an int on one row, so one batch fails
+    engine = create_engine(fleet.members["tenant_t1"].url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE t1.fleet_items SET n = 2000000000 WHERE id = 7"))
+    ran = fleet.cli("run", "items_v", "--no-progress", "--member", "tenant_*", "--max-attempts", "1")
+    assert ran.returncode == 1
+    assert "error: tenant_t1: items_v: run 1 failed" in ran.stderr and "out of range" in ran.stderr
+    assert "tenant_t2: items_v: run 1 finished: 200 rows" in ran.stdout
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE t1.fleet_items SET n = 7 WHERE id = 7"))
+    engine.dispose()
+    retried = fleet.cli("retry", "items_v", "--member", "tenant_t1")
+    assert retried.returncode == 0, retried.stderr
+    assert fleet.cli("run", "items_v", "--no-progress", "--member", "tenant_t1").returncode == 0
+    assert fleet.rows("tenant_t1") == (300, 300 * 301 // 2 + 300, 300)
+    assert fleet.cli("wait", "items_v", "--member", "shard_a", "--member", "tenant_*").returncode == 0
