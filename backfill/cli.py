@@ -662,14 +662,30 @@ def retry(ctx: click.Context, /, name: str, split: bool, members: tuple[str, ...
     _each(ctx, members, retry_on, where_it_applies=True)
 
 
+FLEET_PARALLELISM_ENV = "BACKFILL_FLEET_PARALLELISM"
+FLEET_PARALLELISM = click.option(
+    "--fleet-parallelism",
+    type=click.IntRange(min=0),
+    help=f"Chains in flight over all fleet members at once, shared fairly (0: no cap) [env {FLEET_PARALLELISM_ENV}].",
+)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--concurrency", type=click.IntRange(min=1), help="Worker processes (default: one per core).")
 @click.option("--loglevel", default="INFO", show_default=True)
+@FLEET_PARALLELISM
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def worker(
+    ctx: click.Context,
+    /,
+    concurrency: int | None,
+    loglevel: str,
+    fleet_parallelism: int | None,
+    celery_args: tuple[str, ...],
+) -> None:
     """Start a Celery worker that runs batches (extra arguments go to Celery)."""
-    _export(ctx, "backfill worker")
+    _export(ctx, "backfill worker", fleet_parallelism)
     from backfill.workers.app import celery_app, settings
 
     argv = ["worker", f"--loglevel={loglevel}", "--queues", settings.queue]
@@ -686,18 +702,26 @@ def worker(ctx: click.Context, /, concurrency: int | None, loglevel: str, celery
     help="Celery beat's schedule file (default: one per broker, queue and key prefix, in the temp directory).",
 )
 @click.option("--loglevel", default="INFO", show_default=True)
+@FLEET_PARALLELISM
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def scheduler(ctx: click.Context, /, schedule_file: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def scheduler(
+    ctx: click.Context,
+    /,
+    schedule_file: str | None,
+    loglevel: str,
+    fleet_parallelism: int | None,
+    celery_args: tuple[str, ...],
+) -> None:
     """Start the periodic tick (Celery beat) that plans and sends batches for every run."""
-    _export(ctx, "backfill scheduler")
+    _export(ctx, "backfill scheduler", fleet_parallelism)
     from backfill.workers.app import celery_app, settings
 
     schedule = schedule_file or os.path.join(tempfile.gettempdir(), f"backfill-beat-{settings.deployment_id}")
     celery_app.start(["beat", f"--loglevel={loglevel}", f"--schedule={schedule}", *celery_args])
 
 
-def _export(ctx: click.Context, command: str) -> None:
+def _export(ctx: click.Context, command: str, fleet_parallelism: int | None = None) -> None:
     """Workers read their settings from the environment: hand them the CLI's options, after
     checking that the definitions load and the database answers. In a fleet the declaration is
     checked; a member that is down is said by the ticks and served once it is back."""
@@ -707,6 +731,8 @@ def _export(ctx: click.Context, command: str) -> None:
         load(ctx.obj["app"], needed_by=command)
         if ctx.obj["fleet"]:
             os.environ[fleet.FLEET_ENV] = ctx.obj["fleet"]
+    if fleet_parallelism is not None:
+        os.environ[FLEET_PARALLELISM_ENV] = str(fleet_parallelism)
     if ctx.obj["app"]:
         os.environ[APP_ENV] = ctx.obj["app"]
     if ctx.obj["database_url"]:

@@ -303,3 +303,44 @@ def test_operator_actions_apply_where_they_can_and_a_poisoned_member_fails_alone
     assert fleet.cli("run", "items_v", "--no-progress", "--member", "tenant_t1").returncode == 0
     assert fleet.rows("tenant_t1") == (300, 300 * 301 // 2 + 300, 300)
     assert fleet.cli("wait", "items_v", "--member", "shard_a", "--member", "tenant_*").returncode == 0
+
+
+def test_the_fleets_cap_holds_over_every_member_and_each_gets_its_share(fleet: Fleet, tmp_path: Path) -> None:
+    """--fleet-parallelism 2 over four members whose runs would each take three chains: never
+    more than two batches at once in the whole fleet (their times from the one server's clock),
+    and every member served until done."""
+    try:
+        redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError as exc:
+        service_missing("Redis", REDIS_START, exc)
+    assert fleet.cli("init-db").returncode == 0
+    started = fleet.cli("start", "items_v_slow", "--batch-size", "25", "--parallelism", "3")
+    assert started.returncode == 0, started.stderr
+    cluster = Cluster(
+        fleet.members["shard_a"].url, tmp_path, app="tests.apps.fleet_app", label="fleetcap",
+        BACKFILL_FLEET=str(fleet.file), **TEST_SETTINGS,
+    )  # fmt: skip
+    try:
+        cluster.start_worker("w1", concurrency=3, BACKFILL_FLEET_PARALLELISM="2")
+        cluster.start_worker("w2", concurrency=3, BACKFILL_FLEET_PARALLELISM="2")
+        cluster.start_scheduler()
+        waited = fleet.cli("wait", "items_v_slow", "--timeout", "150")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+    finally:
+        cluster.stop(graceful=False)
+    spans: list[tuple[float, int]] = []
+    for name, rows in ROWS.items():
+        assert fleet.rows(name) == (rows, rows * (rows + 1) // 2 + rows, rows)
+        member = fleet.members[name]
+        store = App.from_settings(app=None, database_url=member.url, schema=member.schema).store
+        run = store.latest_run("items_v_slow")
+        assert run is not None
+        for batch in store.batches_of(run.id):
+            assert batch.started_at is not None and batch.finished_at is not None
+            spans += [(batch.started_at.timestamp(), 1), (batch.finished_at.timestamp(), -1)]
+        store.engine.dispose()
+    at_once = peak = 0
+    for _, change in sorted(spans):  # at one instant a batch's end comes before the next one's start
+        at_once += change
+        peak = max(peak, at_once)
+    assert peak == 2

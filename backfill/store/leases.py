@@ -261,11 +261,30 @@ class LeasesMixin(StoreBase):
                     )
             return released
 
-    def dispatch_chains(self, run: Run, *, redispatch_after: float) -> list[int]:
+    def chains_in_flight(self, *, redispatch_after: float) -> int:
+        """Chains of every run in this database now: running batches, and pending ones whose
+        message went out less than ``redispatch_after`` ago (what a fleet's cap counts)."""
+        recent = plus_seconds(self.now(), -redispatch_after)
+        with self.reading() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(batches)
+                    .where(
+                        or_(
+                            batches.c.status == BatchStatus.RUNNING.value,
+                            (batches.c.status == BatchStatus.PENDING.value) & (batches.c.dispatched_at >= recent),
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    def dispatch_chains(self, run: Run, *, redispatch_after: float, limit: int | None = None) -> list[int]:
         """The batches to send messages for now, marked as sent: one per chain the run is short
-        of its parallelism. A chain is a running batch, or a pending one whose message went out
-        less than ``redispatch_after`` ago (older ones may be lost, and are sent again). Decided
-        under the run row's lock, so two dispatchers never start more chains than that."""
+        of its parallelism (at most ``limit``). A chain is a running batch, or a pending one whose
+        message went out less than ``redispatch_after`` ago (older ones may be lost, and are sent
+        again). Decided under the run row's lock, so two dispatchers never start more chains
+        than that."""
         recent = plus_seconds(self.now(), -redispatch_after)
         with self.begin() as conn:
             self._lock_run(conn, run.id)
@@ -287,6 +306,8 @@ class LeasesMixin(StoreBase):
                 )
             ).scalar_one()
             wanted = current.tuning.parallelism - busy
+            if limit is not None:
+                wanted = min(wanted, limit)
             if wanted <= 0:
                 return []
             due = or_(batches.c.dispatched_at.is_(None), batches.c.dispatched_at < recent)

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 
+import redis
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from backfill import App, events, fleet
-from backfill.dispatch import Dispatcher
+from backfill.boundary import contained
+from backfill.dispatch import Dispatcher, share
 from backfill.errors import ConfigurationError
 from backfill.fleet import Member
 from backfill.metrics import serve
+from backfill.planner import Plan
 from backfill.registry import APP_ENV
 from backfill.workers.settings import Settings
 
@@ -68,6 +73,7 @@ def dispatcher(member: str | None = None) -> Dispatcher:
         send,
         redispatch_after=settings.redispatch_seconds,
         chain_seconds=settings.chain_seconds,
+        top_up=member is None or not settings.fleet_parallelism,
     )
     with _lock:
         _open[member] = made
@@ -75,6 +81,68 @@ def dispatcher(member: str | None = None) -> Dispatcher:
             _, closed = _open.popitem(last=False)
             closed.store.engine.dispose()
     return made
+
+
+def tick_fleet() -> int:
+    """The scheduler's tick over every member (or the one database): each member's runs
+    planned, then messages sent — under ``BACKFILL_FLEET_PARALLELISM``, the fleet's free chains
+    shared a chain per member per round (``dispatch.share``). A member that is down or failing
+    is a warning of its own, and the others are served."""
+    nobody: list[str | None] = []  # the declaration unreadable: said, and the next tick reads it again
+    names = contained("reading the fleet", _member_names, nobody)
+    cap = settings.fleet_parallelism
+    if not cap or names == [None]:
+        return sum(contained(_ticking(name), lambda: dispatcher(name).tick(), 0) for name in names)  # noqa: B023
+    with _one_tick_at_a_time() as mine:
+        return _share_the_cap(names, cap) if mine else 0
+
+
+@contextlib.contextmanager
+def _one_tick_at_a_time() -> Iterator[bool]:
+    """Whether this tick may start chains under the fleet's cap: two ticks counting at once
+    would each see room for the same chains. A lock in the broker's Redis, given back when the
+    tick ends and by itself if its worker dies; a tick that finds it taken does nothing."""
+    client = redis.Redis.from_url(settings.broker_url)
+    lock = client.lock(f"{settings.key_prefix}backfill:fleet-tick:{settings.queue}", timeout=60, blocking=False)
+    try:
+        mine = lock.acquire()
+    except redis.RedisError:
+        mine = False
+    try:
+        yield mine
+    finally:
+        if mine:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+        client.close()
+
+
+def _share_the_cap(names: list[str | None], cap: int) -> int:
+    plans: dict[str, list[Plan]] = {}
+    in_flight = 0
+    for name in names:
+        assert name is not None
+        found = contained(_ticking(name), lambda: (dispatcher(name).plans(), dispatcher(name).in_flight()), None)  # noqa: B023
+        if found is not None:
+            plans[name], busy = found
+            in_flight += busy
+
+    def send_one(name: str) -> bool:
+        chosen = dispatcher(name)
+        return contained(_ticking(name), lambda: any(chosen.dispatch(p, limit=1) for p in plans[name]), False)
+
+    turn = int(time.time() / settings.tick_seconds)
+    return share(list(plans), send_one, cap - in_flight, start=turn)
+
+
+def _ticking(name: str | None) -> str:
+    return f"tick {name}" if name else "tick"
+
+
+def _member_names() -> list[str | None]:
+    """The fleet's members, or [None]: the one database."""
+    declared = members()
+    return [None] if declared is None else list(declared)
 
 
 def _member_app(member: str | None) -> App:

@@ -32,6 +32,9 @@ class Settings:
     visibility timeout). A message sent twice costs a refused claim; one lost costs this long."""
     metrics_port: int | None = None
     """When set, the worker's main process serves Prometheus metrics on this port."""
+    fleet_parallelism: int = 0
+    """Chains in flight over all of a fleet's members at once (0: each run's parallelism alone
+    bounds them). Shared a chain per member per round, from a member that turns each tick."""
     visibility_timeout: float = 3600.0
     """Redis hands an unacknowledged message to another worker after this long: far longer than
     any batch (statement timeout x attempts), so a live worker's batch is never re-delivered."""
@@ -69,6 +72,9 @@ class Settings:
             chain_seconds=seconds("BACKFILL_CHAIN_SECONDS", defaults.chain_seconds),
             visibility_timeout=seconds("BACKFILL_VISIBILITY_TIMEOUT", defaults.visibility_timeout, zero=False),
             metrics_port=port("BACKFILL_METRICS_PORT"),
+            fleet_parallelism=environment.whole(
+                "BACKFILL_FLEET_PARALLELISM", 0, least=0, most=100_000, what="a whole number", env=env
+            ),
         )
 
     @property

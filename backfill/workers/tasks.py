@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 from backfill.boundary import contained
-from backfill.workers.app import celery_app, dispatcher, members
+from backfill.workers.app import celery_app, dispatcher, tick_fleet
 
 
 @celery_app.task(name="backfill.tick")
 def tick() -> int:
-    """Plan and send batches for every queued or running run (sent by beat), on every fleet
-    member: one that is down or failing is a warning of its own, and the others are served."""
-    nobody: list[str | None] = []  # the fleet's declaration unreadable: said, and the next tick reads it again
-    names = contained("reading the fleet", _member_names, nobody)
-    sent = 0
-    for name in names:
-        sent += contained(f"tick {name}" if name else "tick", lambda: dispatcher(name).tick(), 0)  # noqa: B023
-    return sent
-
-
-def _member_names() -> list[str | None]:
-    """The fleet's members, or [None]: the one database."""
-    declared = members()
-    return [None] if declared is None else list(declared)
+    """Plan and send batches for every queued or running run (sent by beat), on every member
+    of a fleet."""
+    return tick_fleet()
 
 
 @celery_app.task(name="backfill.execute_batch")
