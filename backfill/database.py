@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, make_url
+from sqlalchemy import URL, Connection, Engine, Table, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SAWarning
 
 from backfill import environment
@@ -183,10 +183,26 @@ def in_schema(engine: Engine, schema: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _search_path(dbapi_connection: Any, _record: Any) -> None:
         with dbapi_connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('search_path', quote_ident(%s), false)", (schema,))
+            cursor.execute(SEARCH_PATH.text.replace(":schema", "%s"), (schema,))
         dbapi_connection.commit()
 
     return engine.execution_options(schema_translate_map={None: schema})
+
+
+SEARCH_PATH = text("SELECT set_config('search_path', quote_ident(:schema), false)")
+"""A session's search_path: one schema, its name quoted by the server."""
+
+
+def in_tenant(connection: Connection, schema: str) -> Connection:
+    """A migration's connection (Alembic's ``env.py``, run once per tenant) working in the
+    tenant's ``schema``, as a fleet member's engine does (``in_schema``): the revision's
+    ``op.queue_backfill``, ``op.ensure_backfill_finished`` and ``op.add_not_null`` then act on
+    that tenant's tables and checkpoints. Call it before ``context.configure``."""
+    if connection.dialect.name != "postgresql":
+        raise ConfigurationError(f"schema {schema!r}: a tenant schema needs PostgreSQL, not {connection.dialect.name}")
+    connection.execute(SEARCH_PATH, {"schema": schema})
+    connection.commit()
+    return connection.execution_options(schema_translate_map={None: schema})
 
 
 def schema_of(bind: Engine | Connection, table: Table) -> str | None:

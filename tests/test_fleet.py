@@ -344,3 +344,135 @@ def test_the_fleets_cap_holds_over_every_member_and_each_gets_its_share(fleet: F
         at_once += change
         peak = max(peak, at_once)
     assert peak == 2
+
+
+TENANT_ENV_PY = """
+import backfill.alembic_ops
+from backfill.alembic_ops import in_tenant
+
+config.attributes["backfill_app"] = "tenant_backfills"
+TENANT = context.get_x_argument(as_dictionary=True)["tenant"]
+"""
+
+REVISIONS = {
+    "r1_total.py": """
+from alembic import op
+import sqlalchemy as sa
+
+revision, down_revision = "r1", None
+
+
+def upgrade():
+    op.add_column("orders", sa.Column("total", sa.Integer(), nullable=True))
+    op.create_backfill_tables()
+    op.queue_backfill("orders_total")
+
+
+def downgrade():
+    op.forget_backfill("orders_total")
+    op.drop_column("orders", "total")
+""",
+    "r2_total_not_null.py": """
+from alembic import op
+
+revision, down_revision = "r2", "r1"
+
+
+def upgrade():
+    op.ensure_backfill_finished("orders_total", finalize=False)
+    op.add_not_null("orders", "total")
+
+
+def downgrade():
+    op.alter_column("orders", "total", nullable=True)
+""",
+}
+
+TENANT_BACKFILLS = """
+from backfill import Backfill
+
+orders_total = Backfill(
+    name="orders_total", table="orders", key="id", columns="total",
+    work="UPDATE orders SET total = quantity * price WHERE id BETWEEN :first AND :last AND total IS NULL",
+)
+"""
+
+
+def test_alembic_once_per_tenant_schema_from_alembic_init(fleet: Fleet, tmp_path: Path) -> None:
+    """One env.py run once per tenant (``-x tenant=...``): each tenant's revision queues its own
+    run in its own schema, the fleet runs them, and each tenant's NOT NULL revision is gated by
+    its own run — refused for the tenant whose run is not finished, with nothing changed."""
+    url = fleet.members["shard_a"].url
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for schema, rows in (("t1", 120), ("t2", 80)):
+            connection.execute(text(f'CREATE TABLE "{schema}".orders (id int PRIMARY KEY, quantity int, price int)'))
+            connection.execute(text(f'INSERT INTO "{schema}".orders SELECT g, g, 3 FROM generate_series(1, {rows}) g'))
+    project = tmp_path / "project"
+    project.mkdir()
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    subprocess.run([alembic, "init", "migrations"], cwd=project, check=True, capture_output=True)
+    (project / "tenant_backfills.py").write_text(TENANT_BACKFILLS)
+    env_py = project / "migrations" / "env.py"
+    source = env_py.read_text().replace("config = context.config\n", "config = context.config\n" + TENANT_ENV_PY, 1)
+    source = source.replace(
+        "    with connectable.connect() as connection:\n        context.configure(\n"
+        "            connection=connection, target_metadata=target_metadata\n        )",
+        "    with connectable.connect() as connection:\n        connection = in_tenant(connection, TENANT)\n"
+        "        context.configure(\n            connection=connection, target_metadata=target_metadata,\n"
+        "            version_table_schema=TENANT, transaction_per_migration=True,\n        )",
+    )
+    assert "in_tenant(connection, TENANT)" in source
+    env_py.write_text(source)
+    for name, body in REVISIONS.items():
+        (project / "migrations" / "versions" / name).write_text(body)
+    ini = project / "alembic.ini"
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
+    environment = {**os.environ, "PYTHONPATH": str(project), "BACKFILL_APP": "tenant_backfills"}
+    environment.pop("BACKFILL_FLEET", None)  # Alembic runs for one tenant at a time, by -x tenant=
+
+    def alembic_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([alembic, *args], cwd=project, env=environment, capture_output=True, text=True)
+
+    for tenant in ("t1", "t2"):
+        done = alembic_cmd("-x", f"tenant={tenant}", "upgrade", "r1")
+        assert done.returncode == 0, done.stderr
+    fleet_file = tmp_path / "tenants.toml"
+    fleet_file.write_text(f'url = "{url}"\n[members.tenant_t1]\nschema = "t1"\n[members.tenant_t2]\nschema = "t2"\n')
+
+    def backfill(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**environment, "BACKFILL_FLEET": str(fleet_file)}
+        return subprocess.run(
+            [sys.executable, "-m", "backfill", *args], cwd=project, env=env, capture_output=True, text=True
+        )
+
+    status = backfill("status", "orders_total")
+    assert status.returncode == 0, status.stderr
+    queued = [line.split()[:4] for line in status.stdout.splitlines() if line.startswith("tenant_")]
+    assert queued == [["tenant_t1", "orders_total", "1", "pending"], ["tenant_t2", "orders_total", "1", "pending"]]
+    assert "0 of 2 finished (2 pending)" in status.stdout
+
+    assert backfill("run", "orders_total", "--no-progress", "--member", "tenant_t1").returncode == 0
+    finished = alembic_cmd("-x", "tenant=t1", "upgrade", "head")
+    assert finished.returncode == 0, finished.stderr
+    refused = alembic_cmd("-x", "tenant=t2", "upgrade", "head")
+    assert refused.returncode != 0
+    assert "orders_total" in refused.stderr and "Traceback" not in refused.stderr.split("\n")[-2]
+    with engine.connect() as connection:
+        nullable = dict(
+            connection.execute(
+                text(
+                    "SELECT table_schema, is_nullable FROM information_schema.columns "
+                    "WHERE table_name = 'orders' AND column_name = 'total'"
+                )
+            ).all()
+        )
+        assert nullable == {"t1": "NO", "t2": "YES"}  # each tenant gated by its own run
+        versions = {
+            s: connection.execute(text(f'SELECT version_num FROM "{s}".alembic_version')).scalar() for s in ("t1", "t2")
+        }
+        assert versions == {"t1": "r2", "t2": "r1"}
+        assert connection.execute(text("SELECT sum(total) FROM t1.orders")).scalar() == 3 * 120 * 121 // 2
+    assert backfill("run", "orders_total", "--no-progress", "--member", "tenant_t2").returncode == 0
+    assert alembic_cmd("-x", "tenant=t2", "upgrade", "head").returncode == 0
+    engine.dispose()

@@ -17,6 +17,10 @@ of names to definitions — which ``env.py`` sets, and fall back on ``BACKFILL_A
 migration environment leaves it unset. One place, in the one file a project already owns for
 its migration setup, and overridable by whoever drives Alembic from Python (tests, tools).
 
+A project with a schema per tenant runs ``env.py`` once per tenant (``alembic -x tenant=acme
+upgrade head``) with ``connection = in_tenant(connection, tenant)`` before ``context.configure``:
+the operations then act on that tenant's tables and checkpoint tables.
+
 The package follows Alembic's own layout: ``ops`` declares the operations, ``toimpl`` carries
 them out, ``not_null`` holds the per-dialect NOT NULL, ``finalize`` the inline finishing,
 ``render`` what goes into a SQL script, ``context`` what an operation knows of its migration.
@@ -37,6 +41,7 @@ from backfill.alembic_ops.ops import (
     QueueBackfillOp,
     RunBackfillOp,
 )
+from backfill.database import in_tenant
 from backfill.errors import MigrationError, NullValuesError, OfflineModeError, UnfinishedBackfillError
 
 __all__ = [
@@ -55,5 +60,6 @@ __all__ = [
     "UnfinishedBackfillError",
     "check_constraint_name",
     "finalize_policy",
+    "in_tenant",
     "migration_definitions",
 ]
