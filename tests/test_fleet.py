@@ -476,3 +476,108 @@ def test_alembic_once_per_tenant_schema_from_alembic_init(fleet: Fleet, tmp_path
     assert backfill("run", "orders_total", "--no-progress", "--member", "tenant_t2").returncode == 0
     assert alembic_cmd("-x", "tenant=t2", "upgrade", "head").returncode == 0
     engine.dispose()
+
+
+MULTIDB_ENV_PY = """
+import backfill.alembic_ops
+
+config.attributes["backfill_app"] = "tenant_backfills"
+"""
+
+MULTIDB_REVISIONS = {
+    "m1_total.py": """
+from alembic import op
+import sqlalchemy as sa
+
+revision, down_revision = "m1", None
+
+
+def upgrade(engine_name):
+    globals()["upgrade_%s" % engine_name]()
+
+
+def downgrade(engine_name):
+    globals()["downgrade_%s" % engine_name]()
+
+
+def upgrade_engine1():
+    op.add_column("orders", sa.Column("total", sa.Integer(), nullable=True))
+    op.create_backfill_tables()
+    op.queue_backfill("orders_total")
+
+
+def downgrade_engine1():
+    op.forget_backfill("orders_total")
+    op.drop_column("orders", "total")
+
+
+upgrade_engine2, downgrade_engine2 = upgrade_engine1, downgrade_engine1
+""",
+    "m2_total_not_null.py": """
+from alembic import op
+
+revision, down_revision = "m2", "m1"
+
+
+def upgrade(engine_name):
+    op.ensure_backfill_finished("orders_total", finalize=False)
+    op.add_not_null("orders", "total")
+
+
+def downgrade(engine_name):
+    op.alter_column("orders", "total", nullable=True)
+""",
+}
+
+
+def test_alembic_multidb_template_over_two_databases(fleet: Fleet, tmp_path: Path) -> None:
+    """``alembic init -t multidb``: the revision runs once per database, queues a run in each,
+    and the NOT NULL revision passes once both databases' runs are finished."""
+    urls = {"engine1": fleet.members["shard_a"].url, "engine2": fleet.members["shard_b"].url}
+    for url in urls.values():
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE orders (id int PRIMARY KEY, quantity int, price int)"))
+            connection.execute(text("INSERT INTO orders SELECT g, g, 2 FROM generate_series(1, 150) g"))
+        engine.dispose()
+    project = tmp_path / "project"
+    project.mkdir()
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    subprocess.run([alembic, "init", "-t", "multidb", "migrations"], cwd=project, check=True, capture_output=True)
+    (project / "tenant_backfills.py").write_text(TENANT_BACKFILLS)
+    env_py = project / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace("config = context.config\n", "config = context.config\n" + MULTIDB_ENV_PY, 1)
+    )
+    for name, body in MULTIDB_REVISIONS.items():
+        (project / "migrations" / "versions" / name).write_text(body)
+    ini = project / "alembic.ini"
+    text_ini = ini.read_text().replace("driver://user:pass@localhost/dbname2", urls["engine2"])
+    ini.write_text(text_ini.replace("driver://user:pass@localhost/dbname", urls["engine1"]))
+    environment = {**os.environ, "PYTHONPATH": str(project), "BACKFILL_APP": "tenant_backfills"}
+    environment["BACKFILL_FLEET"] = f"engine1={urls['engine1']} engine2={urls['engine2']}"
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, cwd=project, env=environment, capture_output=True, text=True)
+
+    queued = run(alembic, "upgrade", "m1")
+    assert queued.returncode == 0, queued.stderr
+    ran = run(sys.executable, "-m", "backfill", "run", "orders_total", "--no-progress", "--member", "engine2")
+    assert ran.returncode == 0, ran.stderr
+    refused = run(alembic, "upgrade", "head")
+    assert refused.returncode != 0 and "orders_total" in refused.stderr
+    assert run(sys.executable, "-m", "backfill", "run", "orders_total", "--no-progress").returncode == 0
+    done = run(alembic, "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    for url in urls.values():
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT sum(total) FROM orders")).scalar() == 2 * 150 * 151 // 2
+            nullable = connection.execute(
+                text(
+                    "SELECT is_nullable FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'total'"
+                )
+            ).scalar()
+            assert nullable == "NO"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "m2"
+        engine.dispose()

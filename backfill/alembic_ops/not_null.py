@@ -3,6 +3,7 @@ NULL, and otherwise done the way each database can do it without blocking writer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -157,7 +158,11 @@ def not_null_postgresql(operations: Operations, operation: AddNotNullOp, info: M
             postgresql_not_valid=True,
         )
     validate = ValidateConstraint(operation.table_name, name, operation.schema)
-    with operations.get_context().autocommit_block():
+    # The scan runs outside the migration's transaction, so the check's lock goes with it; an
+    # env.py that holds its connections' transactions itself (Alembic's multidb template) leaves
+    # Alembic none to step out of: there the scan runs inside it (VALIDATE blocks no writer).
+    managed = as_sql or getattr(operations.get_context(), "_transaction", None) is not None
+    with operations.get_context().autocommit_block() if managed else contextlib.nullcontext():
         if as_sql:
             operations.execute(validate)
         else:
@@ -166,7 +171,8 @@ def not_null_postgresql(operations: Operations, operation: AddNotNullOp, info: M
             except DBAPIError as exc:
                 # A writer stored a NULL between the count and the check: the check stops it
                 # from happening again, but the column cannot be NOT NULL yet.
-                operations.drop_constraint(name, operation.table_name, type_="check", schema=operation.schema)
+                if managed:
+                    operations.drop_constraint(name, operation.table_name, type_="check", schema=operation.schema)
                 raise NullValuesError(
                     f"cannot make {where}.{operation.column_name} NOT NULL: validation failed "
                     f"({error_text(exc, 200).splitlines()[0]}); NULLs were written meanwhile: fill them, "
