@@ -32,13 +32,14 @@ from backfill import events, fleet, fleet_status
 from backfill import params as run_params
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
-from backfill.database import DATABASE_URL_ENV, command_timeout
+from backfill.database import DATABASE_URL_ENV, command_timeout, make_engine
 from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, fleet_table, status_table
 from backfill.errors import ConfigurationError, DefinitionError, RunFailedError, RunStateError
 from backfill.fleet import Member
 from backfill.progress import RunProgress, measure
 from backfill.registry import APP_ENV, load
 from backfill.status import RunStatus
+from backfill.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -595,10 +596,15 @@ def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
     """Serve Prometheus metrics for every run at http://ADDR:PORT/metrics (until Ctrl-C)."""
     from backfill.metrics import serve  # prometheus_client and its HTTP server: this command's alone
 
-    app = _app(ctx)
-    app.store.check_tables()
+    members = _members(ctx, ())
+    if members == [None]:
+        app = _app(ctx)
+        app.store.check_tables()
+        source: Any = app.store
+    else:  # a member down answers later: backfill_member_up says which do
+        source = {m.name: Store(make_engine(m.url, schema=m.schema)) for m in members if m is not None}
     try:
-        serve(app.store, port, addr)
+        serve(source, port, addr)
     except OSError as exc:
         raise ConfigurationError(f"cannot listen on {addr}:{port}: {exc.strerror}: choose another --port") from None
     click.echo(f"serving metrics on http://{addr}:{port}/metrics")

@@ -22,7 +22,7 @@ from backfill.fleet import Member, load, select
 from backfill.store import BatchRecord
 from tests.apps.fleet_app import TENANTS_ENV
 from tests.conftest import ROOT, SERVERS, database_of_this_run, service_missing
-from tests.helpers import one_error_line, wait_for
+from tests.helpers import fetch, free_port, one_error_line, wait_for
 from tests.workers_cluster import REDIS_START, REDIS_URL, TEST_SETTINGS, Cluster
 
 ROWS = {"shard_a": 500, "shard_b": 700, "tenant_t1": 300, "tenant_t2": 200}
@@ -581,3 +581,27 @@ def test_alembic_multidb_template_over_two_databases(fleet: Fleet, tmp_path: Pat
             assert nullable == "NO"
             assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "m2"
         engine.dispose()
+
+
+def test_metrics_carry_the_member_and_say_which_members_answer(fleet: Fleet, tmp_path: Path) -> None:
+    assert fleet.cli("init-db").returncode == 0
+    assert fleet.cli("run", "items_v", "--no-progress", "--member", "shard_a").returncode == 0
+    down = make_url(fleet.members["shard_b"].url).set(port=1).render_as_string(hide_password=False)
+    file = tmp_path / "with_one_down.toml"
+    file.write_text(fleet.file.read_text().replace(f'url = "{fleet.members["shard_b"].url}"', f'url = "{down}"'))
+    port = free_port()
+    environment = {**os.environ, "BACKFILL_APP": "tests.apps.fleet_app", "BACKFILL_FLEET": str(file)}
+    environment.pop("BACKFILL_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "backfill", "metrics", "--port", str(port), "--addr", "127.0.0.1"],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        page = str(wait_for(lambda: fetch(f"http://127.0.0.1:{port}/metrics"), what="the fleet's metrics"))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert 'backfill_rows_processed_total{backfill="items_v",member="shard_a",run="1"} 500.0' in page
+    assert 'backfill_member_up{member="shard_a"} 1.0' in page
+    assert 'backfill_member_up{member="shard_b"} 0.0' in page
+    assert 'backfill_member_up{member="tenant_t1"} 1.0' in page

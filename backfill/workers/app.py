@@ -17,12 +17,14 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from backfill import App, events, fleet
 from backfill.boundary import contained
+from backfill.database import make_engine
 from backfill.dispatch import Dispatcher, share
 from backfill.errors import ConfigurationError
 from backfill.fleet import Member
 from backfill.metrics import serve
 from backfill.planner import Plan
 from backfill.registry import APP_ENV
+from backfill.store import Store
 from backfill.workers.settings import Settings
 
 settings = Settings.from_env()
@@ -173,10 +175,20 @@ def metrics_app() -> App:
     return App.from_settings(app=None, database_url=None)
 
 
+_metrics_stores: dict[str, Store] = {}
+"""The main process's stores of a fleet's members, for metrics: never the ones its children use."""
+
+
 def _serve_metrics(**_: object) -> None:
     events.join_host_logging()
-    if settings.metrics_port is not None:
+    if settings.metrics_port is None:
+        return
+    fleet_members = members()
+    if fleet_members is None:
         serve(metrics_app().store, settings.metrics_port)
+    else:
+        _metrics_stores.update({name: Store(make_engine(m.url, schema=m.schema)) for name, m in fleet_members.items()})
+        serve(_metrics_stores, settings.metrics_port)
 
 
 def _forget_parent_connections(**_: object) -> None:
@@ -184,6 +196,8 @@ def _forget_parent_connections(**_: object) -> None:
     events.join_host_logging()
     if metrics_app.cache_info().currsize:
         metrics_app().store.engine.dispose(close=False)
+    for store in _metrics_stores.values():
+        store.engine.dispose(close=False)
 
 
 worker_process_shutdown.connect(_dispose)
