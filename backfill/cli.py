@@ -32,7 +32,7 @@ from backfill import events, fleet, fleet_status
 from backfill import params as run_params
 from backfill.app import App
 from backfill.boundary import Cause, bug_report_line, judge, one_line
-from backfill.database import DATABASE_URL_ENV, command_timeout, make_engine
+from backfill.database import DATABASE_URL_ENV, command_timeout
 from backfill.display import OutageNotice, ProgressBar, details_view, estimate_view, fleet_table, status_table
 from backfill.errors import ConfigurationError, DefinitionError, RunFailedError, RunStateError
 from backfill.fleet import Member
@@ -75,12 +75,13 @@ def _app(ctx: click.Context, needed_by: str | None = None, *, short: bool = True
     command that needs the definitions too (every other command works with the database URL
     alone). A ``short`` command's statements are bounded by ``BACKFILL_COMMAND_TIMEOUT``;
     batches and servers set their own limits."""
+    time_limit = command_timeout() if short else None
     return App.from_settings(
         app=ctx.obj["app"],
         database_url=member.url if member is not None else ctx.obj["database_url"],
         needed_by=needed_by,
-        time_limit=command_timeout() if short else None,
-        schema=member.schema if member is not None else None,
+        time_limit=time_limit,
+        engine=fleet.engine_for(member, time_limit) if member is not None else None,
     )
 
 
@@ -602,7 +603,7 @@ def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
         app.store.check_tables()
         source: Any = app.store
     else:  # a member down answers later: backfill_member_up says which do
-        source = {m.name: Store(make_engine(m.url, schema=m.schema)) for m in members if m is not None}
+        source = {m.name: Store(fleet.engine_for(m)) for m in members if m is not None}
     try:
         serve(source, port, addr)
     except OSError as exc:

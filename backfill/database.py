@@ -176,20 +176,45 @@ def in_schema(engine: Engine, schema: str) -> Engine:
     (the checkpoint tables, a backfill's reflected table) through ``schema_translate_map``, and
     the SQL of a backfill's ``work`` through the session's ``search_path`` — the schema alone,
     so a table the tenant lacks is an error rather than another schema's table. The name is
-    quoted by the server (``quote_ident``), never pasted."""
+    quoted by the server (``quote_ident``), never pasted. The tenant's engine shares ``engine``'s
+    pool: a fleet of many tenants of one database holds one pool, not one per tenant."""
     if engine.dialect.name != "postgresql":
         raise ConfigurationError(f"schema {schema!r}: a tenant schema needs PostgreSQL, not {engine.dialect.name}")
 
-    @event.listens_for(engine, "connect")
-    def _search_path(dbapi_connection: Any, _record: Any) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(SEARCH_PATH.text.replace(":schema", "%s"), (schema,))
-        dbapi_connection.commit()
+    tenant = engine.execution_options(schema_translate_map={None: schema})
 
-    return engine.execution_options(schema_translate_map={None: schema})
+    @event.listens_for(tenant, "engine_connect")
+    def _search_path(connection: Connection) -> None:
+        # At each checkout of the shared pool the connection may have served another tenant;
+        # what it was set to is kept with the DBAPI connection (cleared if it is replaced).
+        kept = connection.connection.info
+        if kept.get(SEARCH_PATH_KEY) != schema:
+            connection.execute(SEARCH_PATH, {"schema": schema})
+            connection.commit()
+            kept[SEARCH_PATH_KEY] = schema
+
+    return tenant
+
+
+def in_default_schema(engine: Engine) -> Engine:
+    """``engine`` for a member without a schema whose pool tenants of the same database share
+    (``fleet.engine_for``): a connection a tenant set to its schema is set back to the
+    session's default before this member uses it, never left reading the tenant's tables."""
+    default = engine.execution_options()
+
+    @event.listens_for(default, "engine_connect")
+    def _reset(connection: Connection) -> None:
+        kept = connection.connection.info
+        if kept.get(SEARCH_PATH_KEY) is not None:
+            connection.exec_driver_sql("RESET search_path")
+            connection.commit()
+            kept[SEARCH_PATH_KEY] = None
+
+    return default
 
 
 SEARCH_PATH = text("SELECT set_config('search_path', quote_ident(:schema), false)")
+SEARCH_PATH_KEY = "backfill_search_path"
 """A session's search_path: one schema, its name quoted by the server."""
 
 

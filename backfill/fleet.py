@@ -33,13 +33,16 @@ import fnmatch
 import importlib
 import os
 import re
+import threading
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backfill.database import display_url, parse_url
+from sqlalchemy import Engine
+
+from backfill.database import display_url, in_default_schema, in_schema, make_engine, parse_url
 from backfill.errors import ConfigurationError
 
 FLEET_ENV = "BACKFILL_FLEET"
@@ -101,6 +104,24 @@ def load(spec: str | None, app_module: str | None = None) -> tuple[Member, ...] 
     else:
         members = _from_inline(spec)
     return _checked(members, spec)
+
+
+_engines: dict[tuple[str, int | None], Engine] = {}
+_lock = threading.Lock()
+
+
+def engine_for(member: Member, time_limit: int | None = None) -> Engine:
+    """The member's engine, in this process: one per database URL (and time limit), shared by
+    every tenant of that database through ``in_schema`` — two hundred tenants of one server are
+    one pool, not two hundred."""
+    key = (member.url, time_limit)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(member.url, time_limit=time_limit)
+    if member.schema:
+        return in_schema(engine, member.schema)
+    return in_default_schema(engine) if engine.dialect.name == "postgresql" else engine
 
 
 def select(members: Sequence[Member], patterns: Sequence[str]) -> tuple[Member, ...]:

@@ -605,3 +605,20 @@ def test_metrics_carry_the_member_and_say_which_members_answer(fleet: Fleet, tmp
     assert 'backfill_member_up{member="shard_a"} 1.0' in page
     assert 'backfill_member_up{member="shard_b"} 0.0' in page
     assert 'backfill_member_up{member="tenant_t1"} 1.0' in page
+
+
+def test_members_sharing_a_database_never_see_each_others_tables(fleet: Fleet) -> None:
+    """Tenants of one database share its pool: whichever member used a connection last, the
+    next one reads its own schema (a race the workers' fleet test first met)."""
+    from backfill.fleet import engine_for
+
+    def schema_seen(member: Member) -> str:
+        with engine_for(member).connect() as connection:
+            found = connection.execute(text("SELECT current_schema()")).scalar_one()
+            count = connection.execute(text("SELECT count(*) FROM fleet_items")).scalar_one()
+        assert count == ROWS[member.name]
+        return str(found)
+
+    order = ["tenant_t1", "shard_a", "tenant_t2", "tenant_t2", "shard_a", "tenant_t1", "shard_a"]
+    seen = [schema_seen(fleet.members[name]) for name in order]
+    assert seen == ["t1", "public", "t2", "t2", "public", "t1", "public"]

@@ -17,7 +17,6 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from backfill import App, events, fleet
 from backfill.boundary import contained
-from backfill.database import make_engine
 from backfill.dispatch import Dispatcher, share
 from backfill.errors import ConfigurationError
 from backfill.fleet import Member
@@ -81,7 +80,9 @@ def dispatcher(member: str | None = None) -> Dispatcher:
         _open[member] = made
         while len(_open) > OPEN_MEMBERS:
             _, closed = _open.popitem(last=False)
-            closed.store.engine.dispose()
+            url = closed.store.engine.url
+            if all(kept.store.engine.url != url for kept in _open.values()):  # tenants share a pool
+                closed.store.engine.dispose()
     return made
 
 
@@ -159,7 +160,7 @@ def _member_app(member: str | None) -> App:
             "worker and the scheduler the same fleet"
         )
     chosen = known[member]
-    return App.from_settings(app=None, database_url=chosen.url, schema=chosen.schema)
+    return App.from_settings(app=None, database_url=chosen.url, engine=fleet.engine_for(chosen))
 
 
 def _dispose(**_: object) -> None:
@@ -187,7 +188,7 @@ def _serve_metrics(**_: object) -> None:
     if fleet_members is None:
         serve(metrics_app().store, settings.metrics_port)
     else:
-        _metrics_stores.update({name: Store(make_engine(m.url, schema=m.schema)) for name, m in fleet_members.items()})
+        _metrics_stores.update({name: Store(fleet.engine_for(m)) for name, m in fleet_members.items()})
         serve(_metrics_stores, settings.metrics_port)
 
 
