@@ -125,7 +125,8 @@ def fleet_table(found: FleetStatus) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("member", "backfill", "run", "status", "progress", "rows", "failed batches", "rate", "ETA",
                    "last error"):  # fmt: skip
-        table.add_column(column, overflow="fold" if column == "last error" else "ellipsis")
+        # a member's or a backfill's name is never cut: it is what the operator types next
+        table.add_column(column, overflow="fold" if column in ("member", "backfill", "last error") else "ellipsis")
     totals = {t.name: t for t in found.totals}
     for index, (member, p) in enumerate(found.rows):
         run, data = p.run, p.to_json()

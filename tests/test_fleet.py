@@ -428,7 +428,7 @@ def test_alembic_once_per_tenant_schema_from_alembic_init(fleet: Fleet, tmp_path
         (project / "migrations" / "versions" / name).write_text(body)
     ini = project / "alembic.ini"
     ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", url))
-    environment = {**os.environ, "PYTHONPATH": str(project), "BACKFILL_APP": "tenant_backfills"}
+    environment = {**os.environ, "PYTHONPATH": str(project), "BACKFILL_APP": "tenant_backfills", "COLUMNS": "200"}
     environment.pop("BACKFILL_FLEET", None)  # Alembic runs for one tenant at a time, by -x tenant=
 
     def alembic_cmd(*args: str) -> subprocess.CompletedProcess[str]:
