@@ -418,12 +418,23 @@ def _fleet_status(ctx: click.Context, members: list[Member], name: str | None, a
 @click.option(
     "--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="Seconds between refreshes."
 )
+@MEMBER
 @click.pass_context
-def watch(ctx: click.Context, /, name: str | None, interval: float) -> None:
-    """A live view of one run (until it ends) or of all runs (until Ctrl-C)."""
-    app = _app(ctx)
+def watch(ctx: click.Context, /, name: str | None, interval: float, members: tuple[str, ...]) -> None:
+    """A live view of one run (until it ends) or of all runs (until Ctrl-C); in a fleet, the
+    fleet's table (with NAME: until its run has ended on every member)."""
+    targets = [m for m in _members(ctx, members) if m is not None]
+
+    def fleet_view() -> tuple[RenderableType, bool]:
+        found = fleet_status.gather(targets, lambda member: _app(ctx, member=member), name)
+        ended = bool(found.rows) and not found.unreadable and all(p.run.status.is_over for _, p in found.rows)
+        return fleet_table(found), name is not None and ended
+
+    app = None if targets else _app(ctx)
 
     def view() -> tuple[RenderableType, bool]:
+        if app is None:
+            return fleet_view()
         if name is not None:
             details = app.details(name)
             return details_view(details), details.progress.run.status.is_over

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -622,3 +623,20 @@ def test_members_sharing_a_database_never_see_each_others_tables(fleet: Fleet) -
     order = ["tenant_t1", "shard_a", "tenant_t2", "tenant_t2", "shard_a", "tenant_t1", "shard_a"]
     seen = [schema_seen(fleet.members[name]) for name in order]
     assert seen == ["t1", "public", "t2", "t2", "public", "t1", "public"]
+
+
+def test_watch_follows_the_fleet_until_the_run_has_ended_everywhere(fleet: Fleet) -> None:
+    assert fleet.cli("init-db").returncode == 0
+    assert fleet.cli("run", "items_v", "--no-progress", "--member", "shard_*").returncode == 0
+    assert fleet.cli("start", "items_v", "--member", "tenant_*").returncode == 0
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "backfill", "watch", "items_v", "--interval", "0.2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "BACKFILL_APP": "tests.apps.fleet_app", "BACKFILL_FLEET": str(fleet.file), "COLUMNS": "200"},
+    )  # fmt: skip
+    time.sleep(1.5)
+    assert watcher.poll() is None  # the tenants' runs are still to do: it keeps watching
+    assert fleet.cli("run", "items_v", "--no-progress", "--member", "tenant_*").returncode == 0
+    out, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, err
+    assert "4 of 4 finished" in out and "Traceback" not in err
