@@ -101,18 +101,17 @@ class App:
         database_url: str | URL | None,
         needed_by: str | None = None,
         time_limit: int | None = None,
-        schema: str | None = None,
         engine: Engine | None = None,
     ) -> App:
         """Build from ``--app``/``BACKFILL_APP`` and ``--database-url``/``BACKFILL_DATABASE_URL``,
         checking that the database answers before anything else happens. Without a definitions
         module the app reads and changes the checkpoint tables only (``needed_by`` names a
-        command that needs the definitions; ``time_limit`` bounds each statement, and ``schema``
-        is a fleet member's tenant schema: see ``make_engine``; ``engine`` one already made, for
-        them, as ``fleet.engine_for`` shares one per database among its tenants)."""
+        command that needs the definitions; ``time_limit`` bounds each statement, see
+        ``make_engine``; ``engine``: one already made for the URL, a fleet member's from
+        ``fleet.engine_for``)."""
         definitions = load(app, needed_by=needed_by)
         if engine is None:
-            engine = make_engine(database_url, time_limit=time_limit, schema=schema)
+            engine = make_engine(database_url, time_limit=time_limit)
         try:
             with engine.connect():
                 pass

@@ -125,16 +125,9 @@ def _each(
     worst = 0
     skipped: list[str] = []
     for member in targets:
+        assert member is not None
         try:
             action(member)
-        except RunStateError as exc:
-            assert member is not None
-            if not where_it_applies:
-                click.echo(f"error: {member.name}: {one_line(str(exc))}", err=True)
-                worst = max(worst, exc.exit_code)
-                continue
-            click.echo(f"{member.name}: skipped: {one_line(str(exc))}")
-            skipped.append(str(exc))
         except SystemExit as exc:
             if exc.code == 130:  # interrupted: the operator stops the whole command
                 raise
@@ -142,10 +135,13 @@ def _each(
         except click.ClickException:
             raise
         except Exception as exc:
+            if where_it_applies and isinstance(exc, RunStateError):
+                click.echo(f"{member.name}: skipped: {one_line(str(exc))}")
+                skipped.append(str(exc))
+                continue
             verdict = judge(exc)
             if verdict.cause is Cause.BUG:
                 raise
-            assert member is not None
             click.echo(f"error: {member.name}: {verdict.message}", err=True)
             worst = max(worst, verdict.exit_code)
     if skipped and len(skipped) == len(targets):
@@ -461,7 +457,9 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None, m
     In a fleet, on every member: 0 only when every member's runs finished, and the members
     that did not are listed."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    in_fleet = _members(ctx, members) != [None]
     unfinished: list[str] = []
+    """What is not finished: in a fleet, the members and why (an unreadable one's why is its own line)."""
     timed_out = False
 
     def wait_on(member: Member | None) -> None:
@@ -470,25 +468,22 @@ def wait(ctx: click.Context, /, names: tuple[str, ...], timeout: float | None, m
         try:
             result = _app(ctx, member=member).wait(names, timeout=left, on_wait=OutageNotice())
         except Exception:
-            unfinished.append(member.name if member is not None else "")  # why: its own line
+            unfinished.extend([member.name] if member is not None else [])
             raise
         for run in result.runs:
             click.echo(
                 f"{_on(member)}{run.name}: run {run.id} {run.status}, {run.rows_done:,} rows, "
                 f"{run.batches_failed} failed batches"
             )
-            if member is not None and run.status is not RunStatus.FINISHED:
-                unfinished.append(f"{member.name} ({run.name} {run.status})")
+            if run.status is not RunStatus.FINISHED:
+                unfinished.append(f"{member.name} ({run.name} {run.status})" if member is not None else run.name)
         timed_out = timed_out or result.timed_out
-        if member is None and not result.timed_out and not result.all_finished:
-            sys.exit(1)
 
     try:
         _each(ctx, members, wait_on)
     finally:
-        listed = [u for u in unfinished if u]
-        if listed:
-            click.echo(f"not finished on {len(listed)} member(s): {', '.join(listed)}", err=True)
+        if in_fleet and unfinished:
+            click.echo(f"not finished on {len(unfinished)} member(s): {', '.join(unfinished)}", err=True)
     if timed_out:
         click.echo(f"timed out after {timeout:g}s", err=True)
         sys.exit(3)
@@ -609,10 +604,10 @@ def metrics(ctx: click.Context, /, port: int, addr: str) -> None:
     from backfill.metrics import serve  # prometheus_client and its HTTP server: this command's alone
 
     members = _members(ctx, ())
+    source: Store | dict[str, Store]
     if members == [None]:
-        app = _app(ctx)
-        app.store.check_tables()
-        source: Any = app.store
+        source = _app(ctx).store
+        source.check_tables()
     else:  # a member down answers later: backfill_member_up says which do
         source = {m.name: Store(fleet.engine_for(m)) for m in members if m is not None}
     try:

@@ -114,13 +114,9 @@ def options_refused(url: URL, exc: Exception) -> ConfigurationError:
     )
 
 
-def make_engine(
-    raw: str | URL | None, *, time_limit: int | None = None, schema: str | None = None, **kwargs: Any
-) -> Engine:
+def make_engine(raw: str | URL | None, *, time_limit: int | None = None, **kwargs: Any) -> Engine:
     """An engine for ``raw``; ``time_limit`` (seconds) bounds each statement and lock wait of
-    every session it opens — for short commands, never for batches or migrations. ``schema``
-    (PostgreSQL): a tenant's schema, where every table without a schema of its own is found
-    (``in_schema``)."""
+    every session it opens — for short commands, never for batches or migrations."""
     url = parse_url(raw)
     if url.get_backend_name() == "sqlite":
         kwargs.setdefault("connect_args", {}).setdefault("check_same_thread", False)
@@ -168,7 +164,7 @@ def make_engine(
         event.listen(engine, "connect", _no_read_timeout_once_connected)
     if time_limit is not None and engine.dialect.name in {"mysql", "mariadb"}:
         event.listen(engine, "connect", functools.partial(_limit_mysql_session, time_limit))
-    return in_schema(engine, schema) if schema is not None else engine
+    return engine
 
 
 def in_schema(engine: Engine, schema: str) -> Engine:
@@ -198,8 +194,9 @@ def in_schema(engine: Engine, schema: str) -> Engine:
 
 def in_default_schema(engine: Engine) -> Engine:
     """``engine`` for a member without a schema whose pool tenants of the same database share
-    (``fleet.engine_for``): a connection a tenant set to its schema is set back to the
-    session's default before this member uses it, never left reading the tenant's tables."""
+    (``fleet.engine_for``, which builds the tenants' engines on it): a connection a tenant set
+    to its schema is set back to the session's default before this member uses it, never left
+    reading the tenant's tables."""
     default = engine.execution_options()
 
     @event.listens_for(default, "engine_connect")
@@ -214,8 +211,9 @@ def in_default_schema(engine: Engine) -> Engine:
 
 
 SEARCH_PATH = text("SELECT set_config('search_path', quote_ident(:schema), false)")
-SEARCH_PATH_KEY = "backfill_search_path"
 """A session's search_path: one schema, its name quoted by the server."""
+SEARCH_PATH_KEY = "backfill_search_path"
+"""Where a pooled connection keeps the schema its search_path was set to (None: the default)."""
 
 
 def in_tenant(connection: Connection, schema: str) -> Connection:

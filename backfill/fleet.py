@@ -106,22 +106,29 @@ def load(spec: str | None, app_module: str | None = None) -> tuple[Member, ...] 
     return _checked(members, spec)
 
 
-_engines: dict[tuple[str, int | None], Engine] = {}
+_pools: dict[tuple[str, int | None], Engine] = {}
+_engines: dict[tuple[str, int | None, str | None], Engine] = {}
 _lock = threading.Lock()
 
 
 def engine_for(member: Member, time_limit: int | None = None) -> Engine:
-    """The member's engine, in this process: one per database URL (and time limit), shared by
-    every tenant of that database through ``in_schema`` — two hundred tenants of one server are
-    one pool, not two hundred."""
-    key = (member.url, time_limit)
+    """The member's engine, in this process: one pool per database URL (and time limit), shared
+    by every member of that database — two hundred tenants of one server are one pool, not two
+    hundred — each member seeing its own schema through it (``in_schema``, or
+    ``in_default_schema`` for a member without one). Made once per member and kept."""
+    key = (member.url, time_limit, member.schema)
     with _lock:
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = make_engine(member.url, time_limit=time_limit)
-    if member.schema:
-        return in_schema(engine, member.schema)
-    return in_default_schema(engine) if engine.dialect.name == "postgresql" else engine
+        found = _engines.get(key)
+        if found is None:
+            pool = _pools.get(key[:2])
+            if pool is None:
+                pool = _pools[key[:2]] = make_engine(member.url, time_limit=time_limit)
+            if member.schema is not None:
+                found = in_schema(pool, member.schema)
+            else:
+                found = in_default_schema(pool) if pool.dialect.name == "postgresql" else pool
+            _engines[key] = found
+        return found
 
 
 def select(members: Sequence[Member], patterns: Sequence[str]) -> tuple[Member, ...]:

@@ -62,8 +62,11 @@ class StoreCollector(Collector):
         )
         families = (rows, affected, batches, size, parallelism, rate, eta, total, status, held, pace, durations)
         for member, store in self.sources:
-            try:
-                found = [(run, measure(store, run), store.batch_counts(run.id)) for run in store.list_runs()]
+            try:  # all of a member's figures read first: one that stops answering midway is down, not half-shown
+                found = [
+                    (run, measure(store, run), store.batch_counts(run.id), self._durations(store, run.id))
+                    for run in store.list_runs()
+                ]
             except DBAPIError:
                 if member is None:
                     raise
@@ -72,16 +75,17 @@ class StoreCollector(Collector):
                 continue
             if member is not None:
                 up.add_metric([member], 1.0)
-            for run, progress, counts in found:
+            for run, progress, counts, (buckets, seconds) in found:
                 values = ([member] if member is not None else []) + [run.name, str(run.id)]
-                self._add(store, run, progress, counts, values, families)
+                self._add(run, progress, counts, values, families)
+                families[-1].add_metric(values, buckets=buckets, sum_value=seconds)
         yield from (*families, *([up] if self.fleet else []))
 
+    @staticmethod
     def _add(
-        self, store: Store, run: Run, progress: RunProgress, counts: dict[BatchStatus, int], values: list[str],
-        families: tuple[Any, ...],
-    ) -> None:  # fmt: skip
-        rows, affected, batches, size, parallelism, rate, eta, total, status, held, pace, durations = families
+        run: Run, progress: RunProgress, counts: dict[BatchStatus, int], values: list[str], families: tuple[Any, ...]
+    ) -> None:
+        rows, affected, batches, size, parallelism, rate, eta, total, status, held, pace, _ = families
         rows.add_metric(values, run.rows_done)
         affected.add_metric(values, run.rows_affected)
         counts[BatchStatus.FAILED] = run.batches_failed
@@ -98,8 +102,6 @@ class StoreCollector(Collector):
             status.add_metric([*values, run_status.value], 1.0 if run.status is run_status else 0.0)
         held.add_metric(values, 1.0 if run.status is RunStatus.RUNNING and run.held_reason else 0.0)
         pace.add_metric(values, run.pace_in_force)
-        buckets, seconds = self._durations(store, run.id)
-        durations.add_metric(values, buckets=buckets, sum_value=seconds)
 
     @staticmethod
     def _durations(store: Store, run_id: int) -> tuple[list[tuple[str, float]], float]:

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from backfill import App, BatchStatus
 from backfill.errors import ConfigurationError
-from backfill.fleet import Member, load, select
+from backfill.fleet import Member, engine_for, load, select
 from backfill.store import BatchRecord
 from tests.apps.fleet_app import TENANTS_ENV
 from tests.conftest import ROOT, SERVERS, database_of_this_run, service_missing
@@ -333,7 +333,7 @@ def test_the_fleets_cap_holds_over_every_member_and_each_gets_its_share(fleet: F
     for name, rows in ROWS.items():
         assert fleet.rows(name) == (rows, rows * (rows + 1) // 2 + rows, rows)
         member = fleet.members[name]
-        store = App.from_settings(app=None, database_url=member.url, schema=member.schema).store
+        store = App.from_settings(app=None, database_url=member.url, engine=engine_for(member)).store
         run = store.latest_run("items_v_slow")
         assert run is not None
         for batch in store.batches_of(run.id):
@@ -611,7 +611,6 @@ def test_metrics_carry_the_member_and_say_which_members_answer(fleet: Fleet, tmp
 def test_members_sharing_a_database_never_see_each_others_tables(fleet: Fleet) -> None:
     """Tenants of one database share its pool: whichever member used a connection last, the
     next one reads its own schema (a race the workers' fleet test first met)."""
-    from backfill.fleet import engine_for
 
     def schema_seen(member: Member) -> str:
         with engine_for(member).connect() as connection:
